@@ -1,0 +1,51 @@
+"""Model checkpoints: the variables of a model plus the settings needed to rebuild it.
+
+A model checkpoint is a folder with `model.json` (the model's settings and where the weights came from)
+and `variables/` (an orbax checkpoint of {'params', 'batch_stats'}). Converted official checkpoints are
+written in this format, so whatever loads one needs no flags to reproduce the source model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from spinenet_jax.modeling.spinenet import SpineNetConfig
+
+MODEL_JSON = 'model.json'
+VARIABLES_DIR = 'variables'
+FORMAT_VERSION = 1
+
+
+def save_model(directory: str, config: SpineNetConfig, variables: dict, info: dict | None = None) -> None:
+  """Writes `variables` and the backbone `config` to `directory` (created; must not exist)."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
+    raise FileExistsError(f'{directory} already holds a model checkpoint; choose a new --output.')
+  os.makedirs(directory, exist_ok=True)
+  tree = jax.tree_util.tree_map(np.asarray, dict(variables))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, VARIABLES_DIR), tree)
+  checkpointer.wait_until_finished()
+  meta = {'format_version': FORMAT_VERSION, 'backbone': config.to_dict(), 'info': info or {}}
+  with open(os.path.join(directory, MODEL_JSON), 'w') as f:
+    json.dump(meta, f, indent=2)
+
+
+def load_model(directory: str) -> tuple[SpineNetConfig, dict[str, Any], dict]:
+  """Returns (backbone config, variables, info) of a model checkpoint written by `save_model`."""
+  directory = os.path.abspath(directory)
+  meta_path = os.path.join(directory, MODEL_JSON)
+  if not os.path.isfile(meta_path):
+    raise FileNotFoundError(f'{meta_path} not found: {directory} is not a model checkpoint.')
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if meta.get('format_version') != FORMAT_VERSION:
+    raise ValueError(f'{meta_path}: unsupported format_version {meta.get("format_version")!r}.')
+  variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
+  return SpineNetConfig.from_dict(meta['backbone']), dict(variables), meta.get('info', {})

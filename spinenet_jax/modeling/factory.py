@@ -1,0 +1,34 @@
+"""Builds models from `ml_collections` configs (see `configs/base.py` for the fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from spinenet_jax.modeling import layers
+from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+
+
+def compute_dtype(name: str) -> Any:
+  if name not in DTYPES:
+    raise ValueError(f'config.model.dtype must be one of {sorted(DTYPES)}, got {name!r}.')
+  return DTYPES[name]
+
+
+def backbone_config(model_config) -> SpineNetConfig:
+  """SpineNetConfig from `config.model` (backbone fields left None come from the scaling map)."""
+  b = dict(model_config.backbone)
+  if b.get('block_specs') is not None:
+    b['block_specs'] = [tuple(s) for s in b['block_specs']]
+  else:
+    b.pop('block_specs', None)
+  model_id = b.pop('model_id')
+  norm = layers.NormConfig(**dict(model_config.norm))
+  return SpineNetConfig.from_model_id(model_id, norm=norm, **b)
+
+
+def build_backbone(model_config) -> SpineNet:
+  return SpineNet(backbone_config(model_config), dtype=compute_dtype(model_config.dtype))

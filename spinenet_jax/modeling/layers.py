@@ -1,0 +1,171 @@
+"""Building layers shared by the SpineNet backbone and the heads.
+
+Conventions follow the official TPU code (`nn_ops.py`): convolutions have no bias, stride-2 convs pad
+explicitly by the kernel size ("fixed", independent of the input size) unless `conv_padding='same'`
+(Keras SAME, as TF Model Garden builds SpineNet), batch norm is followed by an optional activation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+CONV_PADDINGS = ('fixed', 'same')
+ACTIVATIONS = ('relu', 'swish')
+
+# TF1 `tf.variance_scaling_initializer()`: scale 1, fan_in, truncated normal.
+conv_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  if name == 'relu':
+    return nn.relu
+  if name == 'swish':
+    return nn.swish  # x * sigmoid(x), as tf.nn.swish
+  raise ValueError(f'activation must be one of {ACTIVATIONS}, got {name!r}.')
+
+
+def conv_padding(mode: str, kernel_size: int, strides: int):
+  """Padding for a conv: 'fixed' pads stride>1 convs by (k-1)//2 before and the rest after."""
+  if mode not in CONV_PADDINGS:
+    raise ValueError(f'conv_padding must be one of {CONV_PADDINGS}, got {mode!r}.')
+  if mode == 'same' or strides == 1:
+    return 'SAME'
+  pad_beg = (kernel_size - 1) // 2
+  pad_end = kernel_size - 1 - pad_beg
+  return ((pad_beg, pad_end), (pad_beg, pad_end))
+
+
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+  """Normalization settings. Official RetinaNet: momentum 0.997, epsilon 1e-4."""
+  type: str = 'batch'
+  momentum: float = 0.997
+  epsilon: float = 1e-4
+
+
+class Norm(nn.Module):
+  """Batch norm whose statistics cover the whole (global) batch.
+
+  Under `jax.jit` with the batch sharded over a device mesh, the means are global reductions that XLA
+  turns into all-reduces, so sharded and unsharded runs compute the same statistics.
+  """
+  config: NormConfig = NormConfig()
+  dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    if self.config.type != 'batch':
+      raise ValueError(f'Unknown norm type {self.config.type!r}; expected "batch".')
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.config.momentum,
+        epsilon=self.config.epsilon,
+        dtype=self.dtype,
+        use_fast_variance=False,  # E[(x - mean)^2]: no cancellation on large activations
+        scale_init=self.scale_init,
+        name='bn')(x)
+
+
+class ConvNorm(nn.Module):
+  """Conv (no bias) -> norm -> optional activation: the unit every SpineNet layer is made of."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  activation: str | None = None
+  padding_mode: str = 'fixed'
+  norm: NormConfig = NormConfig()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    k = self.kernel_size
+    x = nn.Conv(self.features, (k, k), strides=(self.strides, self.strides),
+                padding=conv_padding(self.padding_mode, k, self.strides), use_bias=False,
+                kernel_init=conv_kernel_init, dtype=self.dtype, name='conv')(x)
+    x = Norm(self.norm, dtype=self.dtype, name='norm')(x, train)
+    if self.activation:
+      x = activation_fn(self.activation)(x)
+    return x
+
+
+def drop_connect(x: Array, rate: float, rng: Array) -> Array:
+  """Official stochastic depth: per-sample mask floor(keep + U[0,1)), output x / keep * mask."""
+  keep = 1.0 - rate
+  noise = jax.random.uniform(rng, (x.shape[0],) + (1,) * (x.ndim - 1), dtype=jnp.float32)
+  mask = jnp.floor(keep + noise).astype(x.dtype)
+  return x / jnp.asarray(keep, x.dtype) * mask
+
+
+def dropblock(x: Array, keep_prob: float, block_size: int, rng: Array) -> Array:
+  """DropBlock with the official `nn_ops.Dropblock` formula (NHWC).
+
+  The official op handles square maps only (its valid-seed bounds use one size for both axes); here
+  each axis uses its own size, which is identical on square maps and well defined on others.
+  """
+  _, height, width, _ = x.shape
+  size = min(block_size, height, width)
+  seed_drop_rate = ((1.0 - keep_prob) * height * width / size**2 /
+                    ((height - block_size + 1) * (width - block_size + 1)))
+  rows = np.arange(height)[:, None]
+  cols = np.arange(width)[None, :]
+  valid = ((rows >= size // 2) & (rows < height - (size - 1) // 2) &
+           (cols >= size // 2) & (cols < width - (size - 1) // 2))
+  valid = jnp.asarray(valid, jnp.float32)[None, :, :, None]
+  noise = jax.random.uniform(rng, x.shape, dtype=jnp.float32)
+  pattern = ((1.0 - valid + (1.0 - seed_drop_rate) + noise) >= 1).astype(jnp.float32)
+  if size == min(height, width):
+    pattern = jnp.min(pattern, axis=(1, 2), keepdims=True)
+  else:
+    pattern = -nn.max_pool(-pattern, (block_size, block_size), strides=(1, 1), padding='SAME')
+  percent_ones = jnp.sum(pattern) / pattern.size
+  return x / percent_ones.astype(x.dtype) * pattern.astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularization:
+  """Stochastic regularizers inside residual blocks (both off by default, as official SpineNet)."""
+  drop_connect_rate: float | None = None
+  dropblock_keep_prob: float | None = None
+  dropblock_size: int | None = None
+
+  def dropblock_active(self, train: bool) -> bool:
+    return (train and self.dropblock_keep_prob is not None and self.dropblock_keep_prob < 1.0
+            and self.dropblock_size is not None)
+
+
+def nearest_upsample(x: Array, scale: int) -> Array:
+  """Repeats each pixel scale x scale (the official stack/reshape `nearest_upsampling`)."""
+  return jnp.repeat(jnp.repeat(x, scale, axis=1), scale, axis=2)
+
+
+def legacy_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+  """Source indices of TF1 `resize_nearest_neighbor` (align_corners=False, no half-pixel centres).
+
+  The kernel computes floor(float32(dst) * float32(in / out)) in float32 arithmetic, clamped to
+  in - 1; float32 is reproduced here because exact rational arithmetic differs at some sizes.
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(src, in_size - 1)
+
+
+def legacy_nearest_resize(x: Array, size: tuple[int, int]) -> Array:
+  """TF1 legacy nearest-neighbour resize of an NHWC array to (height, width)."""
+  rows = legacy_nearest_indices(x.shape[1], size[0])
+  cols = legacy_nearest_indices(x.shape[2], size[1])
+  return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
+
+
+def max_pool_same(x: Array, size: int, stride: int) -> Array:
+  """TF SAME max pool: pads with -inf, the extra pad at the end."""
+  return nn.max_pool(x, (size, size), strides=(stride, stride), padding='SAME')

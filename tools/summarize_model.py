@@ -1,0 +1,59 @@
+"""Prints a model's trainable parameters, batch-norm statistics and forward multiply-adds.
+
+  python tools/summarize_model.py --config=configs/spinenet49.py [--image_size=H,W] [--json]
+
+Multiply-adds ("FLOPs" in the SpineNet paper) are per image at the config's input size (or
+--image_size), counted from the traced computation. Nothing is computed on real data: the model is
+traced abstractly, so even SpineNet-190 at 1280x1280 takes seconds on a CPU.
+"""
+
+import json
+
+import _bootstrap  # noqa: F401
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from spinenet_jax.analysis import summary
+from spinenet_jax.modeling import factory
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_IMAGE_SIZE = flags.DEFINE_list('image_size', None, 'H,W input size (default: the config\'s).')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+flags.mark_flags_as_required(['config'])
+
+
+def _image_size(config) -> tuple[int, int]:
+  if _IMAGE_SIZE.value is None:
+    return tuple(config.input.image_size)
+  try:
+    h, w = (int(v) for v in _IMAGE_SIZE.value)
+  except ValueError as e:
+    raise app.UsageError(f'--image_size must be H,W (two integers), got {_IMAGE_SIZE.value}') from e
+  if h < 1 or w < 1:
+    raise app.UsageError(f'--image_size must be positive, got {h},{w}')
+  return h, w
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  backbone = factory.build_backbone(config.model)
+  result = summary.summarize(backbone, _image_size(config))
+  result['model_id'] = config.model.backbone.model_id
+  if _JSON.value:
+    print(json.dumps(result))
+    return
+  rows = [('model', f'SpineNet-{result["model_id"]}'),
+          ('input size', '{}x{}'.format(*result['image_size'])),
+          ('backbone trainable parameters', f'{result["backbone_params"]:,}'),
+          ('total trainable parameters', f'{result["total_params"]:,}'),
+          ('batch-norm statistics', f'{result["batch_norm_statistics"]:,}'),
+          ('forward multiply-adds (G)', f'{result["gmacs"]:.2f}')]
+  width = max(len(k) for k, _ in rows)
+  for k, v in rows:
+    print(f'{k:<{width}}  {v}')
+
+
+if __name__ == '__main__':
+  app.run(main)
