@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from conftest import random_variables
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 
 
@@ -27,7 +28,7 @@ def _check_sharded_equals_single():
   rng = np.random.default_rng(0)
   # Per-sample offsets make each shard's own statistics differ from the global ones.
   images = rng.normal(size=(8, 64, 64, 3)) + np.arange(8)[:, None, None, None]
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  variables = random_variables(model, (1, 64, 64, 3))
   variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
   step = _train_step(model)
 

@@ -133,3 +133,10 @@ def test_batch_norm_training_updates_running_stats_with_momentum():
   np.testing.assert_allclose(updates['batch_stats']['bn']['mean'], 0.1 * mean, rtol=1e-5)
   np.testing.assert_allclose(updates['batch_stats']['bn']['var'], 0.9 + 0.1 * var, rtol=1e-5)
   np.testing.assert_allclose(y, (xn - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-5)
+
+
+def test_dropblock_on_maps_smaller_than_the_block_is_finite():
+  x = jnp.ones((64, 2, 2, 3))
+  out = np.asarray(layers.dropblock(x, 0.9, 3, jax.random.key(0)))
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out.mean(), 1.0, rtol=1e-5)

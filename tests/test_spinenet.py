@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, random_variables
 from spinenet_jax.modeling import block_specs as bs
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig, count_params, endpoint_shapes
 
@@ -94,7 +94,16 @@ def test_non_divisible_width_uses_legacy_resize():
   up = kinds[(8, 9)]                      # block 8 (L5) from feature 9 (L7)
   assert up.upsample_scale is None and up.resize_to == (10, 10)
   down = kinds[(13, 5)]                   # block 13 (L7, 3 wide) from feature 5 (L4, 20 wide)
-  assert down.downsample_conv and down.max_pool == (5, 2) and down.resize_to == (3, 3)
+  assert down.downsample_conv and down.max_pools == ((5, 2),) and down.resize_to == (3, 3)
+
+
+def test_model_garden_pooling_differs_only_at_ratio_8():
+  official = SpineNetConfig.from_model_id('49').plan((640, 640))
+  garden = SpineNetConfig.from_model_id('49', resample_pooling='model_garden').plan((640, 640))
+  diffs = [(b.index, p.parent, p.kind, q.kind) for b, c in zip(official.blocks, garden.blocks)
+           for p, q in zip(b.parents, c.parents) if p.kind != q.kind]
+  assert diffs == [(13, 5, 'conv3x3s2+maxpool5s4', 'conv3x3s2+maxpool3s2+maxpool3s2')]
+  assert [b.out_shape for b in official.blocks] == [b.out_shape for b in garden.blocks]
 
 
 def test_native_resize_option_replaces_integer_upsampling():
@@ -161,6 +170,7 @@ def test_unbuildable_input_size_names_the_block():
 @pytest.mark.parametrize('bad, message', [
     (dict(activation='gelu'), 'activation must be one of'),
     (dict(conv_padding='valid'), 'conv_padding must be one of'),
+    (dict(resample_pooling='avg'), 'resample_pooling must be one of'),
     (dict(block_repeats=0), 'block_repeats must be >= 1'),
     (dict(dropblock_keep_prob=0.9), 'must be set together'),
     (dict(init_drop_connect_rate=1.5), 'init_drop_connect_rate must be in'),
@@ -179,14 +189,15 @@ def test_unknown_model_id():
 
 def test_config_round_trips_through_dict():
   config = SpineNetConfig.from_model_id('49S', endpoints_num_filters=256, activation='relu',
-                                        conv_padding='same', init_drop_connect_rate=0.2)
+                                        conv_padding='same', resample_pooling='model_garden',
+                                        init_drop_connect_rate=0.2)
   assert SpineNetConfig.from_dict(config.to_dict()) == config
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
   config = SpineNetConfig(filter_size_scale=0.25, endpoints_num_filters=32)
   model = SpineNet(config, dtype=jnp.bfloat16)
-  x = jnp.ones((1, 128, 128, 3))
+  x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
   variables = model.init(jax.random.key(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
   out = model.apply(variables, x)
@@ -201,3 +212,39 @@ def test_bad_input_shape():
   model = SpineNet(SpineNetConfig(filter_size_scale=0.25))
   with pytest.raises(ValueError, match=r'NHWC images with 3 channels, got shape \(1, 64, 64\)'):
     model.init(jax.random.key(0), jnp.zeros((1, 64, 64)))
+
+
+def _train_loss(model, variables, x):
+  def loss(params, rng):
+    out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+                         mutable=['batch_stats'], rngs={'dropout': rng})
+    return sum(jnp.mean(v**2) for v in out.values())
+  return jax.jit(loss)
+
+
+def test_every_parameter_gets_a_gradient_with_stochastic_depth():
+  model = SpineNet(SpineNetConfig(filter_size_scale=0.25, endpoints_num_filters=16,
+                                  init_drop_connect_rate=0.2))
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  variables = random_variables(model, x.shape)
+  loss = _train_loss(model, variables, x)
+  grads = jax.jit(jax.grad(loss))(variables['params'], jax.random.key(2))
+  norms = {'/'.join(str(k.key) for k in path): float(jnp.abs(g).max())
+           for path, g in jax.tree_util.tree_leaves_with_path(grads)}
+  assert all(np.isfinite(v) for v in norms.values())
+  dead = [k for k, v in norms.items() if v == 0]
+  assert not dead, dead[:5]
+  # Stochastic depth is random in training.
+  assert loss(variables['params'], jax.random.key(3)) != loss(variables['params'], jax.random.key(4))
+
+
+def test_dropblock_is_random_in_training_and_off_in_inference():
+  model = SpineNet(SpineNetConfig(filter_size_scale=0.25, endpoints_num_filters=16,
+                                  dropblock_keep_prob=0.9, dropblock_size=3))
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  variables = random_variables(model, x.shape)
+  loss = _train_loss(model, variables, x)
+  a, b = loss(variables['params'], jax.random.key(3)), loss(variables['params'], jax.random.key(4))
+  assert np.isfinite(a) and a != b
+  infer = [jax.jit(model.apply)(variables, x) for _ in range(2)]
+  np.testing.assert_array_equal(infer[0][3], infer[1][3])

@@ -51,12 +51,13 @@ def _set(tree: dict, path: Path, value) -> None:
 
 def apply_name_map(tensors: Mapping[str, np.ndarray], name_map: NameMap, template: Mapping,
                    ignored: re.Pattern, skipped: Callable[[str], bool] = lambda name: False,
-                   transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
-                   ) -> tuple[dict, list[str]]:
+                   transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+                   keep_dtype: bool = False) -> tuple[dict, list[str]]:
   """Fills the tree of `template` (arrays or shape structs) from `tensors` through `name_map`.
 
   Returns (variables, names skipped on purpose). `skipped(name)` marks checkpoint tensors that belong
   to parts of a model this import leaves out (e.g. a head when only the backbone is wanted).
+  Values take the template's dtype unless `keep_dtype` (e.g. float64 reference checkpoints).
   """
   transforms = transforms or {}
   missing, misshaped, variables = [], [], {}
@@ -70,7 +71,8 @@ def apply_name_map(tensors: Mapping[str, np.ndarray], name_map: NameMap, templat
       misshaped.append(f'{name}: checkpoint {tuple(value.shape)}, model {tuple(expected.shape)} '
                        f'({collection}/{"/".join(path)})')
       continue
-    _set(variables.setdefault(collection, {}), path, value.astype(expected.dtype))
+    _set(variables.setdefault(collection, {}), path,
+         value if keep_dtype else value.astype(expected.dtype))
   skipped_names = sorted(n for n in tensors if n not in name_map and not ignored.search(n)
                          and skipped(n))
   unmapped = sorted(n for n in tensors if n not in name_map and not ignored.search(n)

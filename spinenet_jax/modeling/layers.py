@@ -109,13 +109,15 @@ def drop_connect(x: Array, rate: float, rng: Array) -> Array:
 def dropblock(x: Array, keep_prob: float, block_size: int, rng: Array) -> Array:
   """DropBlock with the official `nn_ops.Dropblock` formula (NHWC).
 
-  The official op handles square maps only (its valid-seed bounds use one size for both axes); here
-  each axis uses its own size, which is identical on square maps and well defined on others.
+  Two generalizations, identical to the official op wherever it is defined: each axis uses its own
+  size for the valid-seed bounds (the official op handles square maps only), and the seed rate's
+  denominator uses the block clipped to the map (the official one divides by zero or turns negative
+  on maps smaller than the block, e.g. level 7 at small inputs).
   """
   _, height, width, _ = x.shape
   size = min(block_size, height, width)
   seed_drop_rate = ((1.0 - keep_prob) * height * width / size**2 /
-                    ((height - block_size + 1) * (width - block_size + 1)))
+                    ((height - size + 1) * (width - size + 1)))
   rows = np.arange(height)[:, None]
   cols = np.arange(width)[None, :]
   valid = ((rows >= size // 2) & (rows < height - (size - 1) // 2) &

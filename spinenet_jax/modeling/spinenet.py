@@ -38,6 +38,7 @@ class SpineNetConfig:
   block_repeats: int = 1
   activation: str = 'swish'
   conv_padding: str = 'fixed'          # 'fixed': official TPU code; 'same': TF Model Garden
+  resample_pooling: str = 'official'   # 'official' or 'model_garden' (see topology.py)
   use_native_resize_op: bool = False
   norm: layers.NormConfig = layers.NormConfig()
   init_drop_connect_rate: float | None = None
@@ -49,6 +50,9 @@ class SpineNetConfig:
     bs.validate_block_specs(self.block_specs, self.min_level, self.max_level)
     layers.activation_fn(self.activation)
     layers.conv_padding(self.conv_padding, 3, 2)
+    if self.resample_pooling not in topology.RESAMPLE_POOLINGS:
+      raise ValueError(f'resample_pooling must be one of {topology.RESAMPLE_POOLINGS}, got '
+                       f'{self.resample_pooling!r}.')
     if self.block_repeats < 1:
       raise ValueError(f'block_repeats must be >= 1, got {self.block_repeats}.')
     if self.filter_size_scale <= 0 or self.resample_alpha <= 0 or self.endpoints_num_filters < 1:
@@ -96,7 +100,8 @@ class SpineNetConfig:
     """The static resampling plan at an (height, width) input."""
     return topology.plan_network(self.block_specs, input_shape, self.filter_size_scale,
                                  self.resample_alpha, self.min_level, self.max_level,
-                                 self.use_native_resize_op, self.init_drop_connect_rate)
+                                 self.use_native_resize_op, self.init_drop_connect_rate,
+                                 self.resample_pooling)
 
 
 class Resample(nn.Module):
@@ -116,8 +121,8 @@ class Resample(nn.Module):
     x = conv('reduce', p.reduced_filters, 1, 1, True)(x, train)
     if p.downsample_conv:
       x = conv('downsample', p.reduced_filters, 3, 2, True)(x, train)
-    if p.max_pool:
-      x = layers.max_pool_same(x, *p.max_pool)
+    for size, stride in p.max_pools:
+      x = layers.max_pool_same(x, size, stride)
     if p.upsample_scale:
       x = layers.nearest_upsample(x, p.upsample_scale)
     if p.resize_to:

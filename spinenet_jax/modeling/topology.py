@@ -22,7 +22,7 @@ class ResamplePlan:
   in_shape: tuple[int, int, int]  # (height, width, channels) of the parent
   reduced_filters: int           # 1x1 conv to int(C / (4 if bottleneck) * alpha)
   downsample_conv: bool          # 3x3 stride-2 conv (when the parent is wider than the target)
-  max_pool: tuple[int, int] | None  # (pool size, stride), SAME padding
+  max_pools: tuple[tuple[int, int], ...]  # (pool size, stride) each, SAME padding
   upsample_scale: int | None     # integer nearest-neighbour repeat
   resize_to: tuple[int, int] | None  # legacy TF1 nearest resize to (height, width)
   out_filters: int               # final 1x1 conv (BN, no activation)
@@ -34,8 +34,7 @@ class ResamplePlan:
     parts = []
     if self.downsample_conv:
       parts.append('conv3x3s2')
-    if self.max_pool:
-      parts.append(f'maxpool{self.max_pool[0]}s{self.max_pool[1]}')
+    parts.extend(f'maxpool{size}s{stride}' for size, stride in self.max_pools)
     if self.upsample_scale:
       parts.append(f'up{self.upsample_scale}')
     if self.resize_to:
@@ -75,20 +74,45 @@ def stride2_size(n: int) -> int:
   return _ceil_div(n, 2)
 
 
+RESAMPLE_POOLINGS = ('official', 'model_garden')
+
+
+def downsample_pools(width: int, target_width: int, mode: str) -> list[tuple[int, int]]:
+  """Max pools after the stride-2 conv.
+
+  official (TPU code): one pool when the ratio exceeds 2: size 3 if ratio <= 4 else 5, stride
+    ratio // 2 (2 when the widths do not divide).
+  model_garden (TF Model Garden): 3x3/s2 pools while the nominal width, halved in floats, is still
+    above the target. The two agree except at ratio 8 (one 5x5/s4 vs two 3x3/s2).
+  """
+  if mode == 'official':
+    if width // target_width <= 2:
+      return []
+    stride = 2 if width % target_width != 0 else width // target_width // 2
+    return [(3 if width / target_width <= 4 else 5, stride)]
+  if mode == 'model_garden':
+    pools, nominal = [], width / 2
+    while nominal > target_width:
+      pools.append((3, 2))
+      nominal /= 2
+    return pools
+  raise ValueError(f'resample_pooling must be one of {RESAMPLE_POOLINGS}, got {mode!r}.')
+
+
 def plan_resample(parent: int, in_shape: tuple[int, int, int], parent_block_fn: str,
                   target_width: int, target_filters: int, target_block_fn: str, alpha: float,
-                  use_native_resize_op: bool = False) -> ResamplePlan:
+                  use_native_resize_op: bool = False,
+                  resample_pooling: str = 'official') -> ResamplePlan:
   height, width, channels = in_shape
   num_filters = channels / 4 if parent_block_fn == 'bottleneck' else channels  # float, as official
   reduced = int(num_filters * alpha)
-  down_conv, pool, up_scale, resize_to = False, None, None, None
+  down_conv, pools, up_scale, resize_to = False, [], None, None
   h, w = height, width
   if width > target_width:
     down_conv = True
     h, w = stride2_size(h), stride2_size(w)
-    if width // target_width > 2:
-      stride = 2 if width % target_width != 0 else width // target_width // 2
-      pool = (3 if width / target_width <= 4 else 5, stride)
+    pools = downsample_pools(width, target_width, resample_pooling)
+    for _, stride in pools:
       h, w = _ceil_div(h, stride), _ceil_div(w, stride)
     if w != target_width:
       resize_to = (int(target_width / width * height), target_width)
@@ -101,8 +125,8 @@ def plan_resample(parent: int, in_shape: tuple[int, int, int], parent_block_fn: 
   if resize_to:
     h, w = resize_to
   out_filters = bs.block_output_channels(target_block_fn, target_filters)
-  return ResamplePlan(parent, in_shape, reduced, down_conv, pool, up_scale, resize_to, out_filters,
-                      (h, w, out_filters))
+  return ResamplePlan(parent, in_shape, reduced, down_conv, tuple(pools), up_scale, resize_to,
+                      out_filters, (h, w, out_filters))
 
 
 def drop_connect_rate(init_rate: float | None, index: int, num_blocks: int) -> float | None:
@@ -115,7 +139,8 @@ def drop_connect_rate(init_rate: float | None, index: int, num_blocks: int) -> f
 def plan_network(specs: Sequence[bs.BlockSpec], input_shape: tuple[int, int], filter_size_scale: float,
                  resample_alpha: float, min_level: int = 3, max_level: int = 7,
                  use_native_resize_op: bool = False,
-                 init_drop_connect_rate: float | None = None) -> NetworkPlan:
+                 init_drop_connect_rate: float | None = None,
+                 resample_pooling: str = 'official') -> NetworkPlan:
   """Plans every resampling of the scale-permuted network for an (height, width) input."""
   bs.validate_block_specs(specs, min_level, max_level)
   height, width = input_shape
@@ -136,7 +161,7 @@ def plan_network(specs: Sequence[bs.BlockSpec], input_shape: tuple[int, int], fi
     parents = []
     for p in spec.input_offsets:
       parents.append(plan_resample(p, shapes[p], block_fns[p], target_width, filters, spec.block_fn,
-                                   resample_alpha, use_native_resize_op))
+                                   resample_alpha, use_native_resize_op, resample_pooling))
       out_degree[p] += 1
     if parents[0].out_shape != parents[1].out_shape:
       raise bs.BlockSpecError(

@@ -1,0 +1,86 @@
+"""Converts an official TensorFlow SpineNet checkpoint into a model checkpoint of this project.
+
+  python tools/convert_tf_checkpoint.py --format=tf1 --model_id=49 \
+      --checkpoint=/path/to/spinenet-49/model.ckpt --output=/tmp/spinenet49 \
+      [--dump_features=IN.npy:OUT.npz]
+
+--format=tf1  checkpoints of the official TPU detection code (defaults: swish, explicit stride-2
+              padding, BN momentum 0.997 / epsilon 1e-4, as its committed RetinaNet yamls; the
+              MODEL_ZOO 350-epoch checkpoints were trained with relu: pass --activation=relu).
+--format=tf2  TF Model Garden official.vision checkpoints (defaults: swish, SAME padding,
+              BN momentum 0.99 / epsilon 1e-3, as its COCO SpineNet configs).
+
+Mapping is strict: a variable that is unmapped, missing or misshaped stops the conversion with a list
+of them. Optimizer slots and step counters are ignored on purpose. The output folder holds the
+variables and the model settings (`model.json`), so loading it needs no flags.
+"""
+
+import json
+import os
+
+import _bootstrap  # noqa: F401
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+from spinenet_jax import model_io
+from spinenet_jax.interop import convert
+from spinenet_jax.interop import tf_checkpoint
+
+_FORMAT = flags.DEFINE_enum('format', None, list(convert.FORMATS), 'Checkpoint format.')
+_MODEL_ID = flags.DEFINE_string('model_id', None, 'SpineNet model id: 49S, 49, 96, 143, 143L, 190.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint prefix or directory.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Output directory (must not hold a checkpoint).')
+_DUMP = flags.DEFINE_string('dump_features', None,
+                            'IN.npy:OUT.npz: run the converted model on a float32 NHWC array and '
+                            'save its endpoints as level3 ... level7.')
+_ACTIVATION = flags.DEFINE_enum('activation', None, ['relu', 'swish'], 'Override the activation.')
+_PADDING = flags.DEFINE_enum('conv_padding', None, ['fixed', 'same'], 'Override the conv padding.')
+_EPSILON = flags.DEFINE_float('bn_epsilon', None, 'Override the batch-norm epsilon.')
+_MOMENTUM = flags.DEFINE_float('bn_momentum', None, 'Override the batch-norm momentum.')
+_ENDPOINTS = flags.DEFINE_integer('endpoints_num_filters', None,
+                                  'Endpoint width (default: read from the checkpoint).')
+_BACKBONE_ONLY = flags.DEFINE_bool('backbone_only', False,
+                                   'Convert only the backbone of a detector checkpoint; its other '
+                                   'variables are counted and left out.')
+flags.mark_flags_as_required(['format', 'model_id', 'checkpoint', 'output'])
+
+
+def _parse_dump(value: str) -> tuple[str, str]:
+  parts = value.split(':')
+  if len(parts) != 2 or not all(parts):
+    raise app.UsageError(f'--dump_features must be IN.npy:OUT.npz, got {value!r}')
+  return parts[0], parts[1]
+
+
+def main(argv):
+  del argv
+  try:
+    _convert()
+  except (ValueError, OSError) as e:  # bad input: a message naming it, not a traceback
+    raise SystemExit(f'convert_tf_checkpoint: error: {e}') from None
+
+
+def _convert():
+  dump = _parse_dump(_DUMP.value) if _DUMP.value else None
+  config = convert.model_config(_FORMAT.value, _MODEL_ID.value, _ACTIVATION.value, _PADDING.value,
+                                _MOMENTUM.value, _EPSILON.value, _ENDPOINTS.value)
+  if dump and not os.path.isfile(dump[0]):
+    raise FileNotFoundError(f'--dump_features input {dump[0]} does not exist')
+  tensors = tf_checkpoint.read_tf_checkpoint(_CHECKPOINT.value)
+  config, variables, report = convert.convert(
+      _FORMAT.value, tensors, config, backbone_only=_BACKBONE_ONLY.value,
+      detect_endpoints=_ENDPOINTS.value is None)
+  report.update(source=_CHECKPOINT.value, model_id=_MODEL_ID.value)
+  model_io.save_model(_OUTPUT.value, config, variables, info={'converted_from': report})
+  logging.info('wrote %s', _OUTPUT.value)
+  print(json.dumps(report))
+  if dump:
+    images = np.load(dump[0])
+    np.savez(dump[1], **convert.dump_features(config, variables, images))
+    print(f'endpoints of {dump[0]} written to {dump[1]}')
+
+
+if __name__ == '__main__':
+  app.run(main)
