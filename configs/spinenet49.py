@@ -1,8 +1,10 @@
-"""SpineNet-49 at 640x640: the model settings of the official spinenet49_retinanet.yaml.
+"""SpineNet-49 RetinaNet at 640x640: the model settings of the official
+spinenet49_retinanet.yaml (swish, stochastic depth, BN momentum 0.997 / epsilon 1e-4).
 
 Inspect:  python tools/summarize_model.py --config=configs/spinenet49.py
-Expected: backbone 21,831,488 trainable parameters (equal to the official TF graph), about
-          28.3 G multiply-adds for the backbone at 640x640 (CPU, seconds).
+Expected: 28,543,383 trainable parameters (21,831,488 in the backbone), equal to the official
+          TF graph; 85.3 G multiply-adds per image (MODEL_ZOO: params and "FLOPs" of this model).
+          CPU, seconds: the model is traced abstractly.
 Training recipes (protocols A/B/C) build on this file.
 """
 

@@ -15,15 +15,32 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from spinenet_jax.modeling.retinanet import RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNetConfig
+
+ModelConfig = SpineNetConfig | RetinaNetConfig
 
 MODEL_JSON = 'model.json'
 VARIABLES_DIR = 'variables'
 FORMAT_VERSION = 1
 
 
-def save_model(directory: str, config: SpineNetConfig, variables: dict, info: dict | None = None) -> None:
-  """Writes `variables` and the backbone `config` to `directory` (created; must not exist)."""
+def config_to_dict(config: ModelConfig) -> dict:
+  if isinstance(config, RetinaNetConfig):
+    return config.to_dict()
+  return {'type': 'spinenet', 'backbone': config.to_dict()}
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+  if d.get('type') == 'retinanet':
+    return RetinaNetConfig.from_dict(d)
+  if d.get('type') == 'spinenet':
+    return SpineNetConfig.from_dict(d['backbone'])
+  raise ValueError(f'unknown model type {d.get("type")!r}; expected "spinenet" or "retinanet".')
+
+
+def save_model(directory: str, config: ModelConfig, variables: dict, info: dict | None = None) -> None:
+  """Writes `variables` and the model `config` to `directory` (created; must not exist)."""
   directory = os.path.abspath(directory)
   if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
     raise FileExistsError(f'{directory} already holds a model checkpoint; choose a new --output.')
@@ -32,13 +49,13 @@ def save_model(directory: str, config: SpineNetConfig, variables: dict, info: di
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(directory, VARIABLES_DIR), tree)
   checkpointer.wait_until_finished()
-  meta = {'format_version': FORMAT_VERSION, 'backbone': config.to_dict(), 'info': info or {}}
+  meta = {'format_version': FORMAT_VERSION, 'model': config_to_dict(config), 'info': info or {}}
   with open(os.path.join(directory, MODEL_JSON), 'w') as f:
     json.dump(meta, f, indent=2)
 
 
-def load_model(directory: str) -> tuple[SpineNetConfig, dict[str, Any], dict]:
-  """Returns (backbone config, variables, info) of a model checkpoint written by `save_model`."""
+def load_model(directory: str) -> tuple[ModelConfig, dict[str, Any], dict]:
+  """Returns (model config, variables, info) of a model checkpoint written by `save_model`."""
   directory = os.path.abspath(directory)
   meta_path = os.path.join(directory, MODEL_JSON)
   if not os.path.isfile(meta_path):
@@ -48,4 +65,4 @@ def load_model(directory: str) -> tuple[SpineNetConfig, dict[str, Any], dict]:
   if meta.get('format_version') != FORMAT_VERSION:
     raise ValueError(f'{meta_path}: unsupported format_version {meta.get("format_version")!r}.')
   variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
-  return SpineNetConfig.from_dict(meta['backbone']), dict(variables), meta.get('info', {})
+  return config_from_dict(meta['model']), dict(variables), meta.get('info', {})

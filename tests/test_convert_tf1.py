@@ -67,7 +67,7 @@ def test_convert_places_every_tensor(tf1_checkpoint):
   prefix, tensors = tf1_checkpoint
   read = tf_checkpoint.read_tf_checkpoint(prefix)
   config = convert.model_config('tf1', '49S')
-  assert config.endpoints_num_filters == 128
+  assert config.backbone.endpoints_num_filters == 128 and config.head.num_filters == 128
   config, variables, report = convert.convert('tf1', read, config, backbone_only=True)
   # The released 49S checkpoints' 256-channel endpoints are read from the checkpoint.
   assert config.endpoints_num_filters == 256
@@ -80,12 +80,30 @@ def test_convert_places_every_tensor(tf1_checkpoint):
     np.testing.assert_array_equal(_leaf(variables[collection], path), tensors[name])
 
 
-def test_head_variables_are_an_error_unless_backbone_only(tf1_checkpoint):
-  prefix, _ = tf1_checkpoint
-  read = tf_checkpoint.read_tf_checkpoint(prefix)
+def test_full_retinanet_conversion_maps_the_head(tf1_checkpoint):
+  prefix, tensors = tf1_checkpoint
+  config, variables, report = convert.convert('tf1', tf_checkpoint.read_tf_checkpoint(prefix),
+                                              convert.model_config('tf1', '49S'))
+  assert report['mapped'] == len(tensors) - 2 and report['skipped_non_backbone'] == 0
+  assert config.backbone.endpoints_num_filters == 256 and config.anchors.anchor_size == 3.0
+  head = variables['params']['head']
+  np.testing.assert_array_equal(head['class_conv_2']['conv']['kernel'],
+                                tensors['retinanet/class_net/class-2/kernel'])
+  np.testing.assert_array_equal(head['box_predict']['conv']['bias'],
+                                tensors['retinanet/box_net/box-predict/bias'])
+  np.testing.assert_array_equal(
+      variables['batch_stats']['head']['class_norm_3_level_6']['bn']['var'],
+      tensors['retinanet/class_net/class-3-6/moving_variance'])
+  np.testing.assert_array_equal(variables['params']['backbone']['endpoint_7']['conv']['kernel'],
+                                tensors['spinenet/conv2d_12/kernel'])
+
+
+def test_unmapped_variables_are_an_error(tf1_checkpoint):
+  _, tensors = tf1_checkpoint
+  extra = dict(tensors, **{'retinanet/extra_net/kernel': np.zeros(3, np.float32)})
   with pytest.raises(tf_checkpoint.CheckpointMappingError,
-                     match=r'in the checkpoint but not mapped to the model:\n  retinanet/'):
-    convert.convert('tf1', read, convert.model_config('tf1', '49S'))
+                     match=r'1 in the checkpoint but not mapped to the model:\n  retinanet/extra_net'):
+    convert.convert('tf1', extra, convert.model_config('tf1', '49S'))
 
 
 def test_missing_and_misshaped_variables_are_named():
@@ -93,7 +111,7 @@ def test_missing_and_misshaped_variables_are_named():
   del tensors['spinenet/sub_policy3/resample_with_alpha_resample_3_1/conv2d_1/kernel']
   tensors['spinenet/conv2d_2/kernel'] = np.zeros((1, 1, 64, 99), np.float32)
   with pytest.raises(tf_checkpoint.CheckpointMappingError) as err:
-    convert.convert('tf1', tensors, convert.model_config('tf1', '49S'))
+    convert.convert('tf1', tensors, convert.model_config('tf1', '49S'), backbone_only=True)
   message = str(err.value)
   assert '1 missing from the checkpoint' in message
   assert 'spinenet/sub_policy3/resample_with_alpha_resample_3_1/conv2d_1/kernel (for ' \
@@ -104,7 +122,7 @@ def test_missing_and_misshaped_variables_are_named():
 def test_wrong_model_id_fails_with_shapes():
   tensors = official_49s_tensors(with_head=False)
   with pytest.raises(tf_checkpoint.CheckpointMappingError, match='shape mismatch'):
-    convert.convert('tf1', tensors, convert.model_config('tf1', '49'))
+    convert.convert('tf1', tensors, convert.model_config('tf1', '49'), backbone_only=True)
 
 
 def test_unreadable_checkpoint_names_the_path(tmp_path):
@@ -118,22 +136,27 @@ def test_cli_converts_dumps_features_and_reloads(tf1_checkpoint, tmp_path):
   np.save(tmp_path / 'in.npy', images)
   out_dir = tmp_path / 'converted'
   cmd = [sys.executable, os.path.join(ROOT, 'tools', 'convert_tf_checkpoint.py'), '--format=tf1',
-         '--model_id=49S', f'--checkpoint={prefix}', f'--output={out_dir}', '--backbone_only',
+         '--model_id=49S', f'--checkpoint={prefix}', f'--output={out_dir}',
          '--activation=relu', f'--dump_features={tmp_path / "in.npy"}:{tmp_path / "out.npz"}']
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.splitlines()[0])
-  assert report['format'] == 'tf1' and report['mapped'] == 650
+  assert report['format'] == 'tf1' and report['mapped'] == len(tensors) - 2
 
   config, variables, info = model_io.load_model(str(out_dir))
-  assert config.activation == 'relu' and config.endpoints_num_filters == 256
-  assert config.conv_padding == 'fixed' and config.norm.epsilon == 1e-4
+  backbone = config.backbone
+  assert backbone.activation == 'relu' and backbone.endpoints_num_filters == 256
+  assert backbone.conv_padding == 'fixed' and backbone.norm.epsilon == 1e-4
+  assert config.head.num_filters == 128 and config.anchors.anchor_size == 3.0
   assert info['converted_from']['source'] == prefix
-  np.testing.assert_array_equal(variables['params']['stem']['conv']['kernel'],
+  np.testing.assert_array_equal(variables['params']['backbone']['stem']['conv']['kernel'],
                                 tensors['spinenet/conv2d/kernel'])
   dumped = np.load(tmp_path / 'out.npz')
-  assert sorted(dumped.files) == ['level3', 'level4', 'level5', 'level6', 'level7']
+  assert sorted(dumped.files) == sorted([f'{k}level{l}' for k in ('', 'class_', 'box_')
+                                         for l in range(3, 8)])
   assert dumped['level3'].shape == (1, 16, 32, 256)
+  assert dumped['class_level3'].shape == (1, 16, 32, 9 * 91)
+  assert dumped['box_level7'].shape == (1, 1, 2, 9 * 4)
   np.testing.assert_allclose(dumped['level5'], convert.dump_features(config, variables, images)['level5'],
                              rtol=1e-5, atol=1e-5)
 

@@ -18,6 +18,7 @@ from spinenet_jax.interop import convert
 from spinenet_jax.interop import tf_checkpoint
 from spinenet_jax.interop.tf2_names import spinenet_tf2_names
 from spinenet_jax.modeling import layers
+from spinenet_jax.modeling.retinanet import HeadConfig, RetinaNet, RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 
 GARDEN = os.path.join(DATA, 'model_garden')
@@ -36,7 +37,7 @@ def test_tf2_names_cover_model_garden_backbone(model_id):
     for line in f:
       name, shape = re.match(r'(\S+) \[([\d, ]*)\]', line).groups()
       official[name] = tuple(int(v) for v in shape.split(',') if v.strip())
-  config = convert.model_config('tf2', model_id)
+  config = convert.model_config('tf2', model_id).backbone
   variables = convert.abstract_variables(config)
   names = spinenet_tf2_names(variables['params'], config)
   ours = {}
@@ -52,12 +53,13 @@ def _golden(name):
   folder = os.path.join(GARDEN, f'golden_{name}')
   with open(os.path.join(folder, 'settings.json')) as f:
     settings = json.load(f)
-  config = SpineNetConfig(
+  backbone = SpineNetConfig(
       filter_size_scale=settings['filter_size_scale'], resample_alpha=settings['resample_alpha'],
       block_repeats=settings['block_repeats'],
       endpoints_num_filters=settings['endpoints_num_filters'], activation=settings['activation'],
       conv_padding='same', resample_pooling='model_garden',
       norm=layers.NormConfig(momentum=settings['norm_momentum'], epsilon=settings['norm_epsilon']))
+  config = RetinaNetConfig(backbone, HeadConfig(**settings['head']))
   tensors = tf_checkpoint.read_tf_checkpoint(os.path.join(folder, 'ckpt'))
   config, variables, report = convert.convert('tf2', tensors, config, keep_dtype=True)
   io = dict(np.load(os.path.join(folder, 'io.npz')))
@@ -65,13 +67,22 @@ def _golden(name):
 
 
 def _run(config, variables, images, train, dtype):
-  model = SpineNet(config, dtype=dtype)
+  """Endpoints and raw head outputs: {'level3': ..., 'class_level3': ..., 'box_level3': ...}."""
   cast = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), variables)
+  x = jnp.asarray(images, dtype)
+  mutable = ['batch_stats'] if train else False
+  backbone_vars = {c: v['backbone'] for c, v in cast.items()}
+  endpoints = SpineNet(config.backbone, dtype=dtype).apply(backbone_vars, x, train, mutable=mutable)
+  heads = RetinaNet(config, dtype=dtype).apply(cast, x, train, mutable=mutable)
   if train:
-    out, _ = model.apply(cast, jnp.asarray(images, dtype), train=True, mutable=['batch_stats'])
-  else:
-    out = model.apply(cast, jnp.asarray(images, dtype))
-  return {k: np.asarray(v) for k, v in out.items()}
+    endpoints, heads = endpoints[0], heads[0]
+  out = {f'level{k}': np.asarray(v) for k, v in endpoints.items()}
+  out.update({f'class_level{k}': np.asarray(v) for k, v in heads['cls_outputs'].items()})
+  out.update({f'box_level{k}': np.asarray(v) for k, v in heads['box_outputs'].items()})
+  return out
+
+
+OUTPUTS = [f'{kind}level{level}' for kind in ('', 'class_', 'box_') for level in range(3, 8)]
 
 
 @pytest.mark.parametrize('name', GOLDENS)
@@ -79,20 +90,21 @@ def _run(config, variables, images, train, dtype):
 def test_equals_model_garden_in_float64(name, train):
   config, variables, report, io = _golden(name)
   assert report['ignored'] == 1          # global_step
+  assert report['mapped'] == len(jax.tree_util.tree_leaves(variables))
   with jax.enable_x64(True):
     out = _run(config, variables, io['images'], train, jnp.float64)
   mode = 'train' if train else 'infer'
-  for level in range(3, 8):
-    err = rel_l2(out[level], io[f'{mode}_level{level}'])
-    assert err < 1e-9, (level, err)   # float64 noise is ~1e-13; any semantic slip is >> 1e-4
+  for key in OUTPUTS:
+    err = rel_l2(out[key], io[f'{mode}_{key}'])
+    assert err < 1e-9, (key, err)   # float64 noise is ~1e-13; any semantic slip is >> 1e-4
 
 
 @pytest.mark.parametrize('name', GOLDENS)
 def test_equals_model_garden_in_float32(name):
   config, variables, _, io = _golden(name)
   out = _run(config, variables, io['images'], False, jnp.float32)
-  for level in range(3, 8):
-    assert rel_l2(out[level], io[f'infer_level{level}']) < 1e-4
+  for key in OUTPUTS:
+    assert rel_l2(out[key], io[f'infer_{key}']) < 1e-4, key
 
 
 def test_official_padding_and_pooling_are_not_model_garden():
@@ -101,8 +113,9 @@ def test_official_padding_and_pooling_are_not_model_garden():
   config, variables, _, io = _golden(GOLDENS[0])
   with jax.enable_x64(True):
     for change in (dict(conv_padding='fixed'), dict(resample_pooling='official')):
-      out = _run(dataclasses.replace(config, **change), variables, io['images'], False, jnp.float64)
-      errors = [rel_l2(out[level], io[f'infer_level{level}']) for level in range(3, 8)]
+      changed = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, **change))
+      out = _run(changed, variables, io['images'], False, jnp.float64)
+      errors = [rel_l2(out[f'level{level}'], io[f'infer_level{level}']) for level in range(3, 8)]
       assert max(errors) > 1e-3, (change, errors)
 
 

@@ -2,7 +2,11 @@
 
   python tools/convert_tf_checkpoint.py --format=tf1 --model_id=49 \
       --checkpoint=/path/to/spinenet-49/model.ckpt --output=/tmp/spinenet49 \
-      [--dump_features=IN.npy:OUT.npz]
+      [--backbone_only] [--dump_features=IN.npy:OUT.npz]
+
+The result is a RetinaNet (backbone and head), or with --backbone_only a SpineNet. --dump_features
+writes the endpoints (level3 ... level7) and, for a RetinaNet, the raw head outputs (class_level3 ...,
+box_level3 ...; channels anchor * num_classes + class and anchor * 4 + coordinate).
 
 --format=tf1  checkpoints of the official TPU detection code (defaults: swish, explicit stride-2
               padding, BN momentum 0.997 / epsilon 1e-4, as its committed RetinaNet yamls; the
@@ -34,16 +38,23 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint prefix or dire
 _OUTPUT = flags.DEFINE_string('output', None, 'Output directory (must not hold a checkpoint).')
 _DUMP = flags.DEFINE_string('dump_features', None,
                             'IN.npy:OUT.npz: run the converted model on a float32 NHWC array and '
-                            'save its endpoints as level3 ... level7.')
+                            'save its endpoints (level3 ...) and head outputs (class_level3 ...).')
 _ACTIVATION = flags.DEFINE_enum('activation', None, ['relu', 'swish'], 'Override the activation.')
 _PADDING = flags.DEFINE_enum('conv_padding', None, ['fixed', 'same'], 'Override the conv padding.')
 _EPSILON = flags.DEFINE_float('bn_epsilon', None, 'Override the batch-norm epsilon.')
 _MOMENTUM = flags.DEFINE_float('bn_momentum', None, 'Override the batch-norm momentum.')
 _ENDPOINTS = flags.DEFINE_integer('endpoints_num_filters', None,
                                   'Endpoint width (default: read from the checkpoint).')
+_HEAD_CONVS = flags.DEFINE_integer('head_num_convs', None, 'Head convs (default: official, 190: 7).')
+_HEAD_FILTERS = flags.DEFINE_integer('head_num_filters', None,
+                                     'Head filters (default: official, 49S: 128, 190: 512).')
+_ANCHOR_SIZE = flags.DEFINE_float('anchor_size', None,
+                                  'Anchor size the model was trained with (default: the official '
+                                  'yaml: 3.0 for 49S/49/96, 4.0 for 143/190). Not in checkpoints.')
 _BACKBONE_ONLY = flags.DEFINE_bool('backbone_only', False,
-                                   'Convert only the backbone of a detector checkpoint; its other '
-                                   'variables are counted and left out.')
+                                   'Convert only the backbone of a detector checkpoint (or a '
+                                   'backbone-only checkpoint); other variables are counted and '
+                                   'left out.')
 flags.mark_flags_as_required(['format', 'model_id', 'checkpoint', 'output'])
 
 
@@ -65,7 +76,8 @@ def main(argv):
 def _convert():
   dump = _parse_dump(_DUMP.value) if _DUMP.value else None
   config = convert.model_config(_FORMAT.value, _MODEL_ID.value, _ACTIVATION.value, _PADDING.value,
-                                _MOMENTUM.value, _EPSILON.value, _ENDPOINTS.value)
+                                _MOMENTUM.value, _EPSILON.value, _ENDPOINTS.value,
+                                _HEAD_CONVS.value, _HEAD_FILTERS.value, _ANCHOR_SIZE.value)
   if dump and not os.path.isfile(dump[0]):
     raise FileNotFoundError(f'--dump_features input {dump[0]} does not exist')
   tensors = tf_checkpoint.read_tf_checkpoint(_CHECKPOINT.value)
@@ -79,7 +91,7 @@ def _convert():
   if dump:
     images = np.load(dump[0])
     np.savez(dump[1], **convert.dump_features(config, variables, images))
-    print(f'endpoints of {dump[0]} written to {dump[1]}')
+    print(f'features of {dump[0]} written to {dump[1]}')
 
 
 if __name__ == '__main__':

@@ -8,10 +8,13 @@ This runs once, by hand, in a separate environment (tf-models-official pins its 
 It writes:
   keys_spinenet{49S,49,96,143,190}.txt   every backbone checkpoint key with its shape, as Model
                                          Garden saves them (tf.train.Checkpoint(backbone=...)).
-  golden_<name>/ckpt*                    a small float64 SpineNet with random weights and calibrated,
-                                         then perturbed, batch-norm statistics;
-  golden_<name>/io.npz                   its input and its endpoints in inference and training mode,
-                                         computed in float64;
+  keys_head{49S,...}.txt                 the same for the RetinaNet head of the official yamls.
+  golden_<name>/ckpt*                    a small float64 SpineNet + RetinaNet head with random weights
+                                         and calibrated, then perturbed, batch-norm statistics, saved
+                                         as tf.train.Checkpoint(backbone=..., head=...);
+  golden_<name>/io.npz                   its input, endpoints and raw RetinaNet head outputs (a small
+                                         Model Garden RetinaNetHead on top) in inference and training
+                                         mode, computed in float64;
   golden_<name>/settings.json            the constructor settings.
 The tests convert each checkpoint with this project's converter and compare the outputs.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from official.vision.modeling.backbones import spinenet
+from official.vision.modeling.heads import dense_prediction_heads
 
 # Small SpineNets: every resampling kind, both block types, repeats 1 and 2, relu and swish,
 # alpha 0.5 and 1.0, and non-square inputs (Model Garden needs multiples of 128).
@@ -34,6 +38,9 @@ GOLDENS = {
     'relu_r2': dict(filter_size_scale=0.0625, resample_alpha=1.0, block_repeats=2,
                     endpoints_num_filters=16, activation='relu', input_shape=(2, 256, 128, 3)),
 }
+# A RetinaNet head on each golden backbone (small, so the files stay small).
+HEADS = {'swish_r1': dict(num_convs=2, num_filters=16, num_classes=5),
+         'relu_r2': dict(num_convs=1, num_filters=8, num_classes=3)}
 MODEL_IDS = ('49S', '49', '96', '143', '190')
 
 
@@ -46,8 +53,12 @@ def build(settings, momentum=0.99, epsilon=1e-3):
       norm_epsilon=epsilon, use_sync_bn=False, init_stochastic_depth_rate=None, **s)
 
 
+# Head (num_convs, num_filters) of the official RetinaNet yamls.
+OFFICIAL_HEADS = {'49S': (4, 128), '49': (4, 256), '96': (4, 256), '143': (4, 256), '190': (7, 512)}
+
+
 def write_keys(output):
-  """Backbone checkpoint keys of the full-size models (float32)."""
+  """Backbone and RetinaNet head checkpoint keys of the full-size models (float32)."""
   tf_keras.backend.set_floatx('float32')
   for model_id in MODEL_IDS:
     s = spinenet.SCALING_MAP[model_id]
@@ -55,19 +66,35 @@ def write_keys(output):
                        block_repeats=s['block_repeats'],
                        endpoints_num_filters=s['endpoints_num_filters'], activation='swish',
                        input_shape=(1, 256, 256, 3)))
+    num_convs, num_filters = OFFICIAL_HEADS[model_id]
+    head = build_head(dict(activation='swish'), dict(num_convs=num_convs, num_filters=num_filters,
+                                                     num_classes=91))
+    head(model(tf.zeros((1, 256, 256, 3))))
     with tempfile.TemporaryDirectory() as tmp:
-      path = tf.train.Checkpoint(backbone=model).write(os.path.join(tmp, 'ckpt'))
+      path = tf.train.Checkpoint(backbone=model, head=head).write(os.path.join(tmp, 'ckpt'))
       keys = tf.train.list_variables(path)
-    with open(os.path.join(output, f'keys_spinenet{model_id}.txt'), 'w') as f:
-      for name, shape in keys:
-        if name.startswith('backbone/'):
-          f.write(f'{name} {list(shape)}\n')
+    for part in ('backbone', 'head'):
+      name = f'keys_spinenet{model_id}.txt' if part == 'backbone' else f'keys_head{model_id}.txt'
+      with open(os.path.join(output, name), 'w') as f:
+        for key, shape in keys:
+          if key.startswith(part + '/'):
+            f.write(f'{key} {list(shape)}\n')
     print(model_id, len(keys))
+
+
+def build_head(settings, head, momentum=0.99, epsilon=1e-3):
+  return dense_prediction_heads.RetinaNetHead(
+      min_level=3, max_level=7, num_anchors_per_location=9, activation=settings['activation'],
+      use_sync_bn=False, norm_momentum=momentum, norm_epsilon=epsilon, **head)
 
 
 def calibrate_and_perturb(model, images, rng):
   """BN moving statistics from a calibration batch (momentum 0), then perturbed, with random γ/β."""
   model(images, training=True)
+  perturb_norms(model, rng)
+
+
+def perturb_norms(model, rng):
   for layer in model.submodules:
     if isinstance(layer, tf_keras.layers.BatchNormalization):
       n = layer.gamma.shape[0]
@@ -88,19 +115,39 @@ def write_golden(output, name, settings, seed):
   calibrate_and_perturb(calibration, tf.constant(images), rng)
   model = build(settings)            # Model Garden's COCO setting: momentum 0.99, epsilon 1e-3
   model.set_weights(calibration.get_weights())
+  head_calibration = build_head(settings, HEADS[name], momentum=0.0)
+  features = model(tf.constant(images), training=False)
+  head_calibration(features)
+  # The official init (prediction kernels N(0, 1e-5), constant class bias) would make the outputs
+  # nearly constant; random weights of ordinary scale make the comparison meaningful.
+  for variable in head_calibration.trainable_variables:
+    if 'kernel' in variable.name:
+      fan_in = np.prod(variable.shape[:-1])
+      variable.assign(rng.normal(size=variable.shape) / np.sqrt(fan_in))
+    elif 'bias' in variable.name:
+      variable.assign(rng.normal(0, 0.1, size=variable.shape))
+  head_calibration(features, training=True)
+  perturb_norms(head_calibration, rng)
+  head = build_head(settings, HEADS[name])
+  head(model(tf.constant(images), training=False))
+  head.set_weights(head_calibration.get_weights())
   folder = os.path.join(output, f'golden_{name}')
   os.makedirs(folder, exist_ok=True)
-  tf.train.Checkpoint(backbone=model, global_step=tf.Variable(7, dtype=tf.int64)).write(
+  tf.train.Checkpoint(backbone=model, head=head, global_step=tf.Variable(7, dtype=tf.int64)).write(
       os.path.join(folder, 'ckpt'))
-  infer = model(tf.constant(images), training=False)
-  train = model(tf.constant(images), training=True)
-  np.savez_compressed(os.path.join(folder, 'io.npz'), images=images.astype(np.float32),
-                      **{f'infer_level{k}': v.numpy() for k, v in infer.items()},
-                      **{f'train_level{k}': v.numpy() for k, v in train.items()})
+  arrays = {'images': images.astype(np.float32)}
+  for mode, training in (('infer', False), ('train', True)):
+    features = model(tf.constant(images), training=training)
+    scores, boxes, _ = head(features, training=training)
+    arrays.update({f'{mode}_level{k}': v.numpy() for k, v in features.items()})
+    arrays.update({f'{mode}_class_level{k}': v.numpy() for k, v in scores.items()})
+    arrays.update({f'{mode}_box_level{k}': v.numpy() for k, v in boxes.items()})
+  np.savez_compressed(os.path.join(folder, 'io.npz'), **arrays)
   with open(os.path.join(folder, 'settings.json'), 'w') as f:
-    json.dump(dict(settings, norm_momentum=0.99, norm_epsilon=1e-3, conv_padding='same',
-                   dtype='float64', source='tf-models-official==2.20.0'), f, indent=1)
-  print(name, {k: v.shape for k, v in infer.items()})
+    json.dump(dict(settings, head=HEADS[name], norm_momentum=0.99, norm_epsilon=1e-3,
+                   conv_padding='same', dtype='float64', source='tf-models-official==2.20.0'),
+              f, indent=1)
+  print(name, {k: v.shape for k, v in arrays.items() if k.startswith('infer')})
 
 
 def main():

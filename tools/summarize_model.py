@@ -1,4 +1,5 @@
-"""Prints a model's trainable parameters, batch-norm statistics and forward multiply-adds.
+"""Prints a RetinaNet's trainable parameters (backbone and total), batch-norm statistics and
+forward multiply-adds.
 
   python tools/summarize_model.py --config=configs/spinenet49.py [--image_size=H,W] [--json]
 
@@ -38,8 +39,9 @@ def _image_size(config) -> tuple[int, int]:
 def main(argv):
   del argv
   config = _CONFIG.value
-  backbone = factory.build_backbone(config.model)
-  result = summary.summarize(backbone, _image_size(config))
+  model = factory.build_model(config.model)
+  result = summary.summarize(model, _image_size(config), backbone_collection_key='backbone',
+                             backbone_model=factory.build_backbone(config.model))
   result['model_id'] = config.model.backbone.model_id
   if _JSON.value:
     print(json.dumps(result))
@@ -49,6 +51,7 @@ def main(argv):
           ('backbone trainable parameters', f'{result["backbone_params"]:,}'),
           ('total trainable parameters', f'{result["total_params"]:,}'),
           ('batch-norm statistics', f'{result["batch_norm_statistics"]:,}'),
+          ('backbone multiply-adds (G)', f'{result["backbone_gmacs"]:.2f}'),
           ('forward multiply-adds (G)', f'{result["gmacs"]:.2f}')]
   width = max(len(k) for k, _ in rows)
   for k, v in rows:

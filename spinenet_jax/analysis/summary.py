@@ -62,20 +62,24 @@ def count_macs(fn: Callable, *args: Any) -> int:
 
 
 def summarize(model, image_size: tuple[int, int], batch_size: int = 1,
-              backbone_collection_key: str | None = None) -> dict:
+              backbone_collection_key: str | None = None, backbone_model=None) -> dict:
   """Parameters, batch-norm statistics and GMACs (per image) of a Flax model at `image_size`.
 
-  `backbone_collection_key` names the sub-tree of params that is the backbone (None: the whole model).
+  `backbone_collection_key` names the sub-tree of params that is the backbone (None: the whole
+  model); with `backbone_model` (that backbone on its own) the backbone's GMACs are reported too.
   """
   images = jax.ShapeDtypeStruct((batch_size, *image_size, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
   params = variables['params']
   backbone = params[backbone_collection_key] if backbone_collection_key else params
   macs = count_macs(lambda v, x: model.apply(v, x), variables, images)
-  return {
+  result = {
       'image_size': list(image_size),
       'backbone_params': count_leaves(backbone),
       'total_params': count_leaves(params),
       'batch_norm_statistics': count_leaves(variables.get('batch_stats', {})),
       'gmacs': macs / batch_size / 1e9,
   }
+  if backbone_model is not None:
+    result['backbone_gmacs'] = summarize(backbone_model, image_size, batch_size)['gmacs']
+  return result

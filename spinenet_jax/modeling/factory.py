@@ -6,8 +6,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from spinenet_jax.losses import LossConfig
 from spinenet_jax.modeling import layers
+from spinenet_jax.modeling.retinanet import HeadConfig, RetinaNet, RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
+from spinenet_jax.ops.anchors import AnchorConfig
+from spinenet_jax.ops.postprocess import DetectionConfig
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
@@ -32,3 +36,25 @@ def backbone_config(model_config) -> SpineNetConfig:
 
 def build_backbone(model_config) -> SpineNet:
   return SpineNet(backbone_config(model_config), dtype=compute_dtype(model_config.dtype))
+
+
+def retinanet_config(model_config) -> RetinaNetConfig:
+  """RetinaNetConfig from `config.model` (backbone, norm, head, anchors)."""
+  backbone = backbone_config(model_config)
+  anchors = dict(model_config.anchors)
+  anchors['aspect_ratios'] = tuple(anchors['aspect_ratios'])
+  return RetinaNetConfig(backbone, HeadConfig(**dict(model_config.head)),
+                         AnchorConfig(min_level=backbone.min_level, max_level=backbone.max_level,
+                                      **anchors))
+
+
+def build_model(model_config) -> RetinaNet:
+  return RetinaNet(retinanet_config(model_config), dtype=compute_dtype(model_config.dtype))
+
+
+def loss_config(config) -> LossConfig:
+  return LossConfig(num_classes=config.model.head.num_classes, **dict(config.loss))
+
+
+def detection_config(config) -> DetectionConfig:
+  return DetectionConfig(**dict(config.postprocess))

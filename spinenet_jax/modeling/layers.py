@@ -44,36 +44,83 @@ def conv_padding(mode: str, kernel_size: int, strides: int):
   return ((pad_beg, pad_end), (pad_beg, pad_end))
 
 
+NORM_TYPES = ('batch', 'group', 'evonorm_s0')
+
+
 @dataclasses.dataclass(frozen=True)
 class NormConfig:
-  """Normalization settings. Official RetinaNet: momentum 0.997, epsilon 1e-4."""
+  """Normalization settings. Official RetinaNet: batch norm, momentum 0.997, epsilon 1e-4.
+
+  'group' (GroupNorm) and 'evonorm_s0' (Liu et al. 2020) use `groups` groups, or the largest divisor
+  of the channel count not above it (49S has 41- and 83-channel layers); they keep no statistics.
+  """
   type: str = 'batch'
   momentum: float = 0.997
   epsilon: float = 1e-4
+  groups: int = 32
+
+  def __post_init__(self):
+    if self.type not in NORM_TYPES:
+      raise ValueError(f'norm type must be one of {NORM_TYPES}, got {self.type!r}.')
+
+
+def num_groups(channels: int, groups: int) -> int:
+  return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+
+
+class EvoNormS0(nn.Module):
+  """EvoNorm-S0: x * sigmoid(v x) / group_std(x) * gamma + beta; without the nonlinearity when
+  it replaces a norm that has no activation after it."""
+  groups: int
+  epsilon: float
+  nonlinearity: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    g = num_groups(c, self.groups)
+    xf = x.astype(jnp.float32).reshape(*x.shape[:-1], g, c // g)
+    var = jnp.var(xf, axis=(1, 2, 4), keepdims=True)
+    std = jnp.sqrt(var + self.epsilon)
+    num = xf
+    if self.nonlinearity:
+      v = self.param('v', nn.initializers.ones, (c,)).reshape(g, c // g)
+      num = xf * jax.nn.sigmoid(v * xf)
+    y = (num / std).reshape(x.shape)
+    y = y * self.param('scale', nn.initializers.ones, (c,)) + self.param('bias', nn.initializers.zeros, (c,))
+    return y.astype(self.dtype)
 
 
 class Norm(nn.Module):
-  """Batch norm whose statistics cover the whole (global) batch.
+  """Normalization followed by an optional activation.
 
-  Under `jax.jit` with the batch sharded over a device mesh, the means are global reductions that XLA
-  turns into all-reduces, so sharded and unsharded runs compute the same statistics.
+  Batch norm statistics cover the whole (global) batch: under `jax.jit` with the batch sharded over
+  a device mesh, the means are global reductions that XLA turns into all-reduces, so sharded and
+  unsharded runs compute the same statistics.
   """
   config: NormConfig = NormConfig()
   dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    if self.config.type != 'batch':
-      raise ValueError(f'Unknown norm type {self.config.type!r}; expected "batch".')
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=self.config.momentum,
-        epsilon=self.config.epsilon,
-        dtype=self.dtype,
-        use_fast_variance=False,  # E[(x - mean)^2]: no cancellation on large activations
-        scale_init=self.scale_init,
-        name='bn')(x)
+  def __call__(self, x: Array, train: bool, activation: str | None = None) -> Array:
+    c = self.config
+    if c.type == 'evonorm_s0':
+      return EvoNormS0(c.groups, c.epsilon, activation is not None, self.dtype, name='evonorm')(x)
+    if c.type == 'group':
+      x = nn.GroupNorm(num_groups=num_groups(x.shape[-1], c.groups), epsilon=c.epsilon,
+                       dtype=self.dtype, name='gn')(x)
+    else:
+      x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=c.momentum,
+          epsilon=c.epsilon,
+          dtype=self.dtype,
+          use_fast_variance=False,  # E[(x - mean)^2]: no cancellation on large activations
+          scale_init=self.scale_init,
+          name='bn')(x)
+    return activation_fn(activation)(x) if activation else x
 
 
 class ConvNorm(nn.Module):
@@ -92,10 +139,7 @@ class ConvNorm(nn.Module):
     x = nn.Conv(self.features, (k, k), strides=(self.strides, self.strides),
                 padding=conv_padding(self.padding_mode, k, self.strides), use_bias=False,
                 kernel_init=conv_kernel_init, dtype=self.dtype, name='conv')(x)
-    x = Norm(self.norm, dtype=self.dtype, name='norm')(x, train)
-    if self.activation:
-      x = activation_fn(self.activation)(x)
-    return x
+    return Norm(self.norm, dtype=self.dtype, name='norm')(x, train, self.activation)
 
 
 def drop_connect(x: Array, rate: float, rng: Array) -> Array:

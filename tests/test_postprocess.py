@@ -1,0 +1,159 @@
+"""NMS and the detection generator against a plain transcription of the official algorithm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spinenet_jax.ops import box_ops
+from spinenet_jax.ops import nms
+from spinenet_jax.ops import postprocess
+
+
+def ref_iou(a, b):
+  """TF NonMaxSuppressionV4 IoU."""
+  ay0, ay1 = min(a[0], a[2]), max(a[0], a[2])
+  ax0, ax1 = min(a[1], a[3]), max(a[1], a[3])
+  by0, by1 = min(b[0], b[2]), max(b[0], b[2])
+  bx0, bx1 = min(b[1], b[3]), max(b[1], b[3])
+  area_a, area_b = (ay1 - ay0) * (ax1 - ax0), (by1 - by0) * (bx1 - bx0)
+  if area_a <= 0 or area_b <= 0:
+    return 0.0
+  inter = max(min(ay1, by1) - max(ay0, by0), 0) * max(min(ax1, bx1) - max(ax0, bx0), 0)
+  return inter / (area_a + area_b - inter)
+
+
+def ref_nms(boxes, scores, max_output, iou_thr, score_thr):
+  """The kernel's priority queue: by score, lower index first; hard suppression on IoU > thr."""
+  queue = sorted((i for i in range(len(scores)) if scores[i] > score_thr),
+                 key=lambda i: (-scores[i], i))
+  selected = []
+  for i in queue:
+    if len(selected) == max_output:
+      break
+    if all(ref_iou(boxes[i], boxes[j]) <= iou_thr for j in selected):
+      selected.append(i)
+  return selected + [0] * (max_output - len(selected)), len(selected)
+
+
+def ref_detections(boxes, scores, max_total, iou_thr, score_thr, pre_nms):
+  """Official `_generate_detections_per_image` for one image: boxes [N, 4], scores [N, C]."""
+  out_boxes, out_scores, out_classes = [], [], []
+  for c in range(scores.shape[1]):
+    order = np.argsort(-scores[:, c], kind='stable')[:min(len(scores), pre_nms)]
+    b, s = boxes[order], scores[order, c]
+    sel, num = ref_nms(b, s, max_total, iou_thr, score_thr)
+    out_boxes.append(b[sel])
+    out_scores.append(np.where(np.arange(max_total) < num, s[sel], -1.0))
+    out_classes.append(np.full(max_total, c))
+  boxes, scores, classes = (np.concatenate(x) for x in (out_boxes, out_scores, out_classes))
+  top = np.argsort(-scores, kind='stable')[:max_total]
+  return boxes[top], scores[top], classes[top] + 1
+
+
+def random_boxes(rng, n, size=100.0, degenerate=0.1):
+  yx = rng.uniform(0, size, (n, 2))
+  hw = rng.uniform(1, size / 3, (n, 2))
+  boxes = np.concatenate([yx, yx + hw], axis=1)
+  flat = rng.uniform(size=n) < degenerate
+  boxes[flat, 2] = boxes[flat, 0]                 # zero-area boxes never suppress or get suppressed
+  return boxes.astype(np.float32)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_greedy_nms_equals_reference(seed):
+  rng = np.random.default_rng(seed)
+  boxes = random_boxes(rng, 300)
+  # Quantized scores make ties common; ties must go to the lower index.
+  scores = (np.round(rng.uniform(size=300) * 20) / 20).astype(np.float32)
+  sel, num = nms.greedy_nms(jnp.asarray(boxes), jnp.asarray(scores), 40, 0.5, 0.05)
+  ref_sel, ref_num = ref_nms(boxes, scores, 40, 0.5, 0.05)
+  assert int(num) == ref_num
+  np.testing.assert_array_equal(np.asarray(sel), ref_sel)
+
+
+def test_greedy_nms_batched_and_suppression_is_strict():
+  boxes = jnp.array([[[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 5, 10, 15]]])
+  scores = jnp.array([[0.9, 0.8, 0.7]])
+  # IoU(0, 2) = 1/3: suppressed at threshold 0.3, kept at exactly 1/3 (suppression needs IoU > thr).
+  sel, num = nms.greedy_nms(boxes, scores, 3, 0.3, 0.05)
+  np.testing.assert_array_equal(sel, [[0, 0, 0]])
+  np.testing.assert_array_equal(num, [1])
+  sel, num = nms.greedy_nms(boxes, scores, 3, 1 / 3, 0.05)
+  np.testing.assert_array_equal(sel, [[0, 2, 0]])
+  np.testing.assert_array_equal(num, [2])
+  sel, num = nms.greedy_nms(boxes, jnp.array([[0.05, 0.04, 0.06]]), 3, 0.5, 0.05)
+  np.testing.assert_array_equal(sel, [[2, 0, 0]])
+  np.testing.assert_array_equal(num, [1])
+
+
+def _check_generator(seed, n, c, pre_nms, crowded):
+  rng = np.random.default_rng(seed)
+  boxes = random_boxes(rng, n)
+  high = 0.5 if crowded else 0.02
+  scores = rng.uniform(0, high, (2, n, c)).astype(np.float32)
+  scores[0, rng.integers(0, n, 15), rng.integers(0, c, 15)] = 0.9   # a few confident boxes
+  scores = np.round(scores * 50) / 50                                # ties
+  config = postprocess.DetectionConfig(max_total_size=10, pre_nms_num_boxes=pre_nms)
+  run = jax.jit(lambda b, s: postprocess._per_class_detections(b, s, config))
+  det_boxes, det_scores, det_classes = run(jnp.asarray(np.stack([boxes] * 2)), jnp.asarray(scores))
+  for i in range(2):
+    rb, rs, rc = ref_detections(boxes, scores[i], 10, 0.5, 0.05, pre_nms)
+    np.testing.assert_array_equal(np.asarray(det_scores[i]), rs)
+    np.testing.assert_array_equal(np.asarray(det_classes[i]) + 1, rc)
+    np.testing.assert_array_equal(np.asarray(det_boxes[i]), rb)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_detections_equal_reference_sparse(seed):
+  _check_generator(seed, n=200, c=4, pre_nms=50, crowded=False)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_detections_equal_reference_crowded_fallback(seed):
+  # More than pre_nms candidates above 0.05 in a class: the literal per-class top-k path.
+  _check_generator(seed, n=200, c=4, pre_nms=30, crowded=True)
+
+
+def test_generate_detections_end_to_end():
+  anchors = {3: jnp.array([[[0.0, 0, 9, 9, 0, 0, 19, 19]]]),    # one cell, two anchors
+             4: jnp.array([[[20.0, 20, 39, 39, 0, 0, 1, 1]]])}
+  num_classes = 3
+  logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+  cls = {3: np.full((1, 1, 1, 2 * num_classes), -10.0), 4: np.full((1, 1, 1, 2 * num_classes), -10.0)}
+  cls[3][0, 0, 0, 0 * num_classes + 2] = logit(0.9)     # anchor 0, class column 2
+  cls[3][0, 0, 0, 1 * num_classes + 0] = logit(0.99)    # anchor 1, background: dropped
+  cls[4][0, 0, 0, 0 * num_classes + 1] = logit(0.6)     # level 4 anchor 0, class column 1
+  box = {3: np.zeros((1, 1, 1, 8)), 4: np.zeros((1, 1, 1, 8))}
+  box[4][0, 0, 0, :4] = [0, 0, 5, 0]                    # dh = 5: clipped to log(1000/16)
+  out = postprocess.generate_detections(
+      {k: jnp.asarray(v) for k, v in cls.items()}, {k: jnp.asarray(v) for k, v in box.items()},
+      anchors, jnp.array([[64.0, 48.0]]), num_classes,
+      postprocess.DetectionConfig(max_total_size=4))
+  assert int(out['num_detections'][0]) == 2
+  np.testing.assert_allclose(out['detection_scores'][0], [0.9, 0.6, -1, -1], rtol=1e-5)
+  np.testing.assert_array_equal(out['detection_classes'][0, :2], [2, 1])
+  np.testing.assert_allclose(out['detection_boxes'][0, 0], [0, 0, 9, 9], atol=1e-5)
+  # Level 4 box: height 62.5 * 20 around centre 30, clipped to the 64x48 canvas.
+  np.testing.assert_allclose(out['detection_boxes'][0, 1], [0, 20, 63, 39], atol=1e-4)
+
+
+def test_class_agnostic_mode():
+  rng = np.random.default_rng(0)
+  boxes = random_boxes(rng, 100, degenerate=0)
+  scores = rng.uniform(0, 1, (1, 100, 3)).astype(np.float32)
+  config = postprocess.DetectionConfig(max_total_size=20, nms_mode='class_agnostic')
+  b, s, c = postprocess._class_agnostic_detections(jnp.asarray(boxes[None]), jnp.asarray(scores),
+                                                    config)
+  ref_sel, ref_num = ref_nms(boxes, scores[0].max(1), 20, 0.5, 0.05)
+  np.testing.assert_array_equal(np.asarray(s[0][:ref_num]), scores[0].max(1)[ref_sel[:ref_num]])
+  np.testing.assert_array_equal(np.asarray(c[0][:ref_num]), scores[0].argmax(1)[ref_sel[:ref_num]])
+  with pytest.raises(ValueError, match='nms_mode must be one of'):
+    postprocess.DetectionConfig(nms_mode='soft')
+
+
+def test_decode_then_clip_uses_output_canvas():
+  anchors = jnp.array([[600.0, 600.0, 700.0, 700.0]])
+  boxes = box_ops.clip_boxes(box_ops.decode(jnp.zeros((1, 1, 4)), anchors[None]),
+                             jnp.array([[640.0, 640.0]]))
+  np.testing.assert_array_equal(boxes, [[[600, 600, 639, 639]]])
