@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
       num_filters=256,                 # official; 49S: 128, 190: 512
       num_classes=91,                  # COCO ids 1..90 plus background column 0, as official
       separable_conv=False,
+      norm_type=placeholder(str),      # None: as the backbone; or 'batch', 'group', 'evonorm_s0'
   ))
   config.model.anchors = ml_collections.ConfigDict(dict(
       num_scales=3,

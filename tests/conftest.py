@@ -32,3 +32,14 @@ def random_variables(model, input_shape, seed=0):
       return jnp.asarray(rng.uniform(0.8, 1.2, leaf.shape), leaf.dtype)
     return jnp.asarray(rng.normal(size=leaf.shape) * 0.1, leaf.dtype)
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def name_shapes(names, variables):
+  """{checkpoint name: shape of the variable it maps to} for a {name: (collection, path)} map."""
+  out = {}
+  for name, (collection, path) in names.items():
+    leaf = variables[collection]
+    for key in path:
+      leaf = leaf[key]
+    out[name] = tuple(leaf.shape)
+  return out

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, name_shapes
 from spinenet_jax.interop import convert
 from spinenet_jax.interop import tf_checkpoint
 from spinenet_jax.interop.tf2_names import spinenet_tf2_names
@@ -40,13 +40,7 @@ def test_tf2_names_cover_model_garden_backbone(model_id):
   config = convert.model_config('tf2', model_id).backbone
   variables = convert.abstract_variables(config)
   names = spinenet_tf2_names(variables['params'], config)
-  ours = {}
-  for name, (collection, path) in names.items():
-    leaf = variables[collection]
-    for key in path:
-      leaf = leaf[key]
-    ours[name] = tuple(leaf.shape)
-  assert ours == official
+  assert name_shapes(names, variables) == official
 
 
 def _golden(name):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import DATA
+from conftest import DATA, name_shapes
 from spinenet_jax.interop import convert
 from spinenet_jax.interop import head_names
 from test_tf1_names import official_variables
@@ -13,22 +13,11 @@ from test_tf1_names import official_variables
 MODEL_IDS = ['49S', '49', '96', '143', '190']
 
 
-def _shapes(names, variables):
-  out = {}
-  for name, (collection, path) in names.items():
-    leaf = variables[collection]
-    for key in path:
-      leaf = leaf[key]
-    out[name] = tuple(leaf.shape)
-  return out
-
-
 @pytest.mark.parametrize('model_id', MODEL_IDS)
 def test_tf1_names_cover_the_official_retinanet(model_id):
   config = convert.model_config('tf1', model_id)
   variables = convert.abstract_variables(config)
-  ours = _shapes({n: v for n, v in head_names.head_tf1_names(variables['params']).items()},
-                 variables)
+  ours = name_shapes(head_names.head_tf1_names(variables['params']), variables)
   official = {k: v for k, v in official_variables(model_id, prefix='').items()
               if k.startswith('retinanet/')}
   assert ours == official
@@ -43,7 +32,7 @@ def test_tf2_names_cover_the_model_garden_head(model_id):
       official[name] = tuple(int(v) for v in shape.split(',') if v.strip())
   config = convert.model_config('tf2', model_id)
   variables = convert.abstract_variables(config)
-  assert _shapes(head_names.head_tf2_names(variables['params']), variables) == official
+  assert name_shapes(head_names.head_tf2_names(variables['params']), variables) == official
 
 
 def test_separable_head_names():

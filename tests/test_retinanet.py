@@ -98,8 +98,30 @@ def test_anchor_levels_must_match_backbone():
 
 
 def test_config_round_trip():
-  config = tiny_config(head=HeadConfig(num_convs=3, num_filters=8, separable_conv=True))
+  config = tiny_config(head=HeadConfig(num_convs=3, num_filters=8, separable_conv=True,
+                                       norm=layers.NormConfig(type='group', epsilon=1e-5)))
   assert RetinaNetConfig.from_dict(config.to_dict()) == config
+
+
+def test_head_norm_can_differ_from_backbone():
+  head = HeadConfig(num_convs=2, num_filters=16, num_classes=5,
+                    norm=layers.NormConfig(type='group', epsilon=1e-5))
+  variables = abstract(tiny_config(head=head))
+  assert 'head' not in variables['batch_stats'] and 'backbone' in variables['batch_stats']
+  assert 'gn' in variables['params']['head']['class_norm_0_level_3']
+
+
+def test_head_norm_type_from_config_file():
+  import sys
+  from conftest import ROOT
+  sys.path.insert(0, ROOT)
+  from configs import spinenet49
+  from spinenet_jax.modeling import factory
+  config = spinenet49.get_config()
+  assert factory.retinanet_config(config.model).head.norm is None
+  config.model.head.norm_type = 'evonorm_s0'
+  norm = factory.retinanet_config(config.model).head.norm
+  assert norm.type == 'evonorm_s0' and norm.epsilon == config.model.norm.epsilon
 
 
 @pytest.mark.parametrize('box_loss', ['huber', 'giou'])

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import DATA, random_variables
 from spinenet_jax.modeling import block_specs as bs
-from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig, count_params, endpoint_shapes
+from spinenet_jax.analysis.summary import count_leaves as count_params
+from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig, endpoint_shapes
 
 # Trainable parameters of the official TF graphs (levels 3-7, default settings).
 OFFICIAL_BACKBONE_PARAMS = {'49S': 9_089_215, '49': 21_831_488, '96': 36_262_976,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import DATA
+from conftest import DATA, name_shapes
 from spinenet_jax.interop.tf1_names import spinenet_tf1_names
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 
@@ -29,12 +29,7 @@ def test_tf1_names_cover_official_backbone(model_id):
   model = SpineNet(SpineNetConfig.from_model_id(model_id))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256, 256, 3))))
   names = spinenet_tf1_names(variables['params'])
-  ours = {}
-  for name, (collection, path) in names.items():
-    leaf = variables[collection]
-    for key in path:
-      leaf = leaf[key]
-    ours[name] = tuple(leaf.shape)
+  ours = name_shapes(names, variables)
   official = official_variables(model_id)
   assert set(ours) == set(official)
   assert ours == official

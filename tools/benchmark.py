@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 
 import _bootstrap  # noqa: F401

@@ -24,6 +24,7 @@ from spinenet_jax.interop import tf1_names
 from spinenet_jax.interop import tf2_names
 from spinenet_jax.interop import tf_checkpoint
 from spinenet_jax.modeling import block_specs
+from spinenet_jax.modeling import factory
 from spinenet_jax.modeling import layers
 from spinenet_jax.modeling.retinanet import HeadConfig, RetinaNet, RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
@@ -99,14 +100,8 @@ def model_config(fmt: str, model_id: str, activation: str | None = None,
   return RetinaNetConfig(backbone, head, anchors)
 
 
-def build_model(config: SpineNetConfig | RetinaNetConfig, dtype=jnp.float32):
-  if isinstance(config, RetinaNetConfig):
-    return RetinaNet(config, dtype)
-  return SpineNet(config, dtype)
-
-
 def abstract_variables(config: SpineNetConfig | RetinaNetConfig, size: int = 256) -> dict:
-  model = build_model(config)
+  model = factory.model_from_config(config)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
 
 

@@ -43,7 +43,11 @@ def retinanet_config(model_config) -> RetinaNetConfig:
   backbone = backbone_config(model_config)
   anchors = dict(model_config.anchors)
   anchors['aspect_ratios'] = tuple(anchors['aspect_ratios'])
-  return RetinaNetConfig(backbone, HeadConfig(**dict(model_config.head)),
+  head = dict(model_config.head)
+  norm_type = head.pop('norm_type', None)
+  if norm_type is not None:
+    head['norm'] = layers.NormConfig(**dict(model_config.norm, type=norm_type))
+  return RetinaNetConfig(backbone, HeadConfig(**head),
                          AnchorConfig(min_level=backbone.min_level, max_level=backbone.max_level,
                                       **anchors))
 
@@ -58,3 +62,10 @@ def loss_config(config) -> LossConfig:
 
 def detection_config(config) -> DetectionConfig:
   return DetectionConfig(**dict(config.postprocess))
+
+
+def model_from_config(config: SpineNetConfig | RetinaNetConfig, dtype: Any = jnp.float32):
+  """The module for a config object (e.g. one `model_io.load_model` returned)."""
+  if isinstance(config, RetinaNetConfig):
+    return RetinaNet(config, dtype)
+  return SpineNet(config, dtype)

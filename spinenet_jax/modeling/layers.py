@@ -101,7 +101,6 @@ class Norm(nn.Module):
   """
   config: NormConfig = NormConfig()
   dtype: Dtype = jnp.float32
-  scale_init: Callable = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: Array, train: bool, activation: str | None = None) -> Array:
@@ -118,7 +117,6 @@ class Norm(nn.Module):
           epsilon=c.epsilon,
           dtype=self.dtype,
           use_fast_variance=False,  # E[(x - mean)^2]: no cancellation on large activations
-          scale_init=self.scale_init,
           name='bn')(x)
     return activation_fn(activation)(x) if activation else x
 

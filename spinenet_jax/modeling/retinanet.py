@@ -33,6 +33,7 @@ class HeadConfig:
   num_filters: int = 256        # official; 49S: 128, 190: 512
   num_classes: int = 91         # background column 0 included, as official
   separable_conv: bool = False
+  norm: layers.NormConfig | None = None   # None: the backbone's (official: batch norm)
 
   def __post_init__(self):
     if self.num_convs < 0 or self.num_filters < 1 or self.num_classes < 2:
@@ -59,7 +60,10 @@ class RetinaNetConfig:
   def from_dict(cls, d: dict) -> 'RetinaNetConfig':
     anchors = dict(d['anchors'])
     anchors['aspect_ratios'] = tuple(anchors['aspect_ratios'])
-    return cls(SpineNetConfig.from_dict(d['backbone']), HeadConfig(**d['head']),
+    head = dict(d['head'])
+    if head.get('norm') is not None:
+      head['norm'] = layers.NormConfig(**head['norm'])
+    return cls(SpineNetConfig.from_dict(d['backbone']), HeadConfig(**head),
                AnchorConfig(**anchors))
 
 
@@ -124,7 +128,7 @@ class RetinaNet(nn.Module):
     c = self.config
     features = SpineNet(c.backbone, self.dtype, name='backbone')(images, train)
     cls, box = RetinaNetHead(c.head, c.anchors.anchors_per_location, c.backbone.activation,
-                             c.backbone.norm, self.dtype, name='head')(features, train)
+                             c.head.norm or c.backbone.norm, self.dtype, name='head')(features, train)
     # Losses and post-processing run in at least float32 (bfloat16 compute is lifted).
     out_dtype = jnp.promote_types(self.dtype, jnp.float32)
     cast = lambda d: {k: v.astype(out_dtype) for k, v in d.items()}  # noqa: E731

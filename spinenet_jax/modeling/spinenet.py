@@ -195,10 +195,6 @@ class SpineNet(nn.Module):
     }
 
 
-def count_params(tree: Any) -> int:
-  return sum(x.size for x in jax.tree_util.tree_leaves(tree))
-
-
 def endpoint_shapes(config: SpineNetConfig, input_shape: Sequence[int]) -> dict[int, tuple]:
   return topology.endpoint_shapes(config.plan(tuple(input_shape)), config.min_level,
                                   config.max_level, config.endpoints_num_filters)
