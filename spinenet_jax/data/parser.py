@@ -1,0 +1,95 @@
+"""RetinaNet train and eval parsers (official `dataloader/retinanet_parser.py`), as tf.data maps.
+
+Input: a decoded example with TFDS-coco-like features
+  {'image': uint8 [H, W, 3], 'image/id': int64,
+   'objects': {'bbox': float32 [N, 4] normalized [ymin, xmin, ymax, xmax],
+               'label': int [N] category ids (COCO ids: 1..90), 'is_crowd': bool [N]}}.
+Output: fixed-shape tensors ready to batch. Anchor labels are not made here: padded ground truth is
+small, and labelling runs on the device inside the train step (see docs/design.md).
+
+Train: crowd boxes dropped, normalize, flip (p 0.5) before resizing, jittered resize-and-crop,
+boxes scaled/cropped/clipped, empty boxes dropped, ground truth padded to `max_num_instances` with
+-1. Eval: no flip or jitter, crowd kept (COCO evaluation needs it), boxes in output-canvas pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from spinenet_jax.data import preprocess as pp
+
+
+@dataclasses.dataclass(frozen=True)
+class ParserConfig:
+  output_size: tuple[int, int] = (640, 640)
+  max_level: int = 7                 # images are zero-padded to a multiple of 2^max_level
+  aug_scale_min: float = 0.5         # protocol B/C; A: 0.8-1.2
+  aug_scale_max: float = 2.0
+  aug_rand_hflip: bool = True
+  skip_crowd_during_training: bool = True
+  max_num_instances: int = 100
+
+  @property
+  def padded_size(self) -> tuple[int, int]:
+    return pp.padded_size(self.output_size, 2**self.max_level)
+
+
+def _objects(example):
+  objects = example['objects']
+  boxes = tf.reshape(tf.cast(objects['bbox'], tf.float32), [-1, 4])
+  classes = tf.reshape(tf.cast(objects['label'], tf.int32), [-1])
+  is_crowd = tf.reshape(tf.cast(objects.get('is_crowd', tf.zeros_like(classes, tf.bool)), tf.bool),
+                        [-1])
+  return boxes, classes, is_crowd
+
+
+def _finish(image, image_info, boxes, classes, config: ParserConfig, extra=None):
+  boxes = pp.resize_and_crop_boxes(boxes, image_info[2], image_info[1], image_info[3])
+  keep = pp.non_empty_box_indices(boxes)
+  n = config.max_num_instances
+  out = {
+      'images': tf.ensure_shape(image, [*config.padded_size, 3]),
+      'image_info': image_info,
+      'gt_boxes': pp.pad_to_fixed_size(tf.gather(boxes, keep), n, -1),
+      'gt_classes': pp.pad_to_fixed_size(tf.gather(classes, keep), n, -1),
+  }
+  for key, value in (extra or {}).items():
+    out[key] = pp.pad_to_fixed_size(tf.gather(value, keep), n, -1)
+  return out
+
+
+def parse_train(example: dict, seed, config: ParserConfig = ParserConfig()) -> dict:
+  """One training example; `seed` ([2] int) makes its augmentation reproducible."""
+  boxes, classes, is_crowd = _objects(example)
+  if config.skip_crowd_during_training:
+    keep = tf.where(~is_crowd)[:, 0]
+    boxes, classes = tf.gather(boxes, keep), tf.gather(classes, keep)
+  image = example['image']
+  image_shape = tf.shape(image)[0:2]
+  image = pp.normalize_image(image)
+  flip_seed, resize_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  if config.aug_rand_hflip:
+    image, boxes, _ = pp.random_horizontal_flip(image, boxes, seed=flip_seed)
+  boxes = pp.denormalize_boxes(boxes, image_shape)
+  image, image_info = pp.random_resize_and_crop_image(
+      image, config.output_size, config.padded_size, config.aug_scale_min, config.aug_scale_max,
+      resize_seed)
+  out = _finish(image, image_info, boxes, classes, config)
+  out['source_id'] = tf.cast(example['image/id'], tf.int64)
+  return out
+
+
+def parse_eval(example: dict, config: ParserConfig = ParserConfig()) -> dict:
+  """One evaluation example: no augmentation, crowd flags kept."""
+  boxes, classes, is_crowd = _objects(example)
+  image = example['image']
+  image_shape = tf.shape(image)[0:2]
+  boxes = pp.denormalize_boxes(boxes, image_shape)
+  image, image_info = pp.resize_and_crop_image(pp.normalize_image(image), config.output_size,
+                                               config.padded_size)
+  out = _finish(image, image_info, boxes, classes, config,
+                extra={'gt_is_crowd': tf.cast(is_crowd, tf.int32)})
+  out['source_id'] = tf.cast(example['image/id'], tf.int64)
+  return out
