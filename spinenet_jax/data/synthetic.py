@@ -41,11 +41,13 @@ import json
 import math
 import os
 import re
-import warnings
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
+
+# Re-exported: the mask encodings live in coco_masks.
+from spinenet_jax.data.coco_masks import (  # noqa: F401
+    as_polygon, mask_polygons, rasterize, tight_bbox, uncompressed_rle)
 
 GENERATOR_VERSION = 1
 CATEGORIES: tuple[dict, ...] = (
@@ -64,147 +66,12 @@ MIN_CONTRAST = 50.0  # grey levels between a shape's colour and the mean of what
 _MIN_SIZE = {'circle': 6, 'square': 6, 'triangle': 8, 'ellipse': 8, 'cross': 10, 'star': 12}
 _CROWD_SHAPES = ('circle', 'square', 'triangle')
 _FILE_NAME = re.compile(r'^\d{12}\.(png|jpg)$')
-_PYCOCOTOOLS_COPY_WARNING = "__array__ implementation doesn't accept a copy keyword"
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # PIL's RGB -> L weights
 
 
 def category_names() -> dict[int, str]:
   """{category id: name}, e.g. {1: 'circle', 2: 'square', ..., 8: 'star'}."""
   return {c['id']: c['name'] for c in CATEGORIES}
-
-
-# Masks and polygons
-
-
-def rasterize(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-  """Bool [H, W] union of COCO polygons, rasterised exactly as pycocotools (and COCOeval) does."""
-  rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-  with warnings.catch_warnings():  # pycocotools' decode trips a numpy 2 deprecation on every call
-    warnings.filterwarnings('ignore', _PYCOCOTOOLS_COPY_WARNING, DeprecationWarning)
-    return mask_utils.decode(rle).astype(bool)
-
-
-def _trace_loops(mask: np.ndarray) -> list[np.ndarray]:
-  """Boundary loops [K, 2] (x, y pixel corners) of `mask`; outer loops clockwise on screen.
-
-  Every pixel edge between foreground and background becomes a directed edge with the foreground on
-  its right; edges are chained, turning towards the foreground where two pixels touch diagonally.
-  """
-  m = np.pad(mask, 1)
-  fg = m[1:-1, 1:-1]
-  r, c = np.nonzero(fg & ~m[:-2, 1:-1])          # top edges: (c, r) -> (c + 1, r)
-  edges = [np.stack([c, r, c + 1, r], 1)]
-  r, c = np.nonzero(fg & ~m[1:-1, 2:])           # right edges
-  edges.append(np.stack([c + 1, r, c + 1, r + 1], 1))
-  r, c = np.nonzero(fg & ~m[2:, 1:-1])           # bottom edges
-  edges.append(np.stack([c + 1, r + 1, c, r + 1], 1))
-  r, c = np.nonzero(fg & ~m[1:-1, :-2])          # left edges
-  edges.append(np.stack([c, r + 1, c, r], 1))
-  return _chain(np.concatenate(edges).tolist())
-
-
-def _chain(edges: list[list[int]]) -> list[np.ndarray]:
-  """Chains directed unit edges [x0, y0, x1, y1] into closed loops of corner vertices."""
-  starts: dict[tuple[int, int], list[int]] = {}
-  for i, (x0, y0, _, _) in enumerate(edges):
-    starts.setdefault((x0, y0), []).append(i)
-  used = [False] * len(edges)
-  loops = []
-  for first in range(len(edges)):
-    if used[first]:
-      continue
-    loop, i = [], first
-    while not used[i]:
-      used[i] = True
-      x0, y0, x1, y1 = edges[i]
-      loop.append((x0, y0))
-      i = _next_edge(edges, starts[(x1, y1)], used, x1 - x0, y1 - y0)
-      if i is None:
-        break
-    loops.append(_drop_collinear(np.array(loop)))
-  return loops
-
-
-def _next_edge(edges, candidates, used, dx, dy):
-  """The unused edge leaving a vertex; the right turn (towards the foreground) wins a tie."""
-  free = [j for j in candidates if not used[j]]
-  for j in free:
-    if (edges[j][2] - edges[j][0], edges[j][3] - edges[j][1]) == (-dy, dx):
-      return j
-  return free[0] if free else None
-
-
-def _drop_collinear(loop: np.ndarray) -> np.ndarray:
-  """Keeps only the corners of a closed loop of unit steps."""
-  prev = np.roll(loop, 1, axis=0)
-  nxt = np.roll(loop, -1, axis=0)
-  a, b = loop - prev, nxt - loop
-  return loop[a[:, 0] * b[:, 1] != a[:, 1] * b[:, 0]]
-
-
-def _signed_area(loop: np.ndarray) -> float:
-  x, y = loop[:, 0], loop[:, 1]
-  return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
-
-
-def _as_polygon(loop: np.ndarray) -> list[float]:
-  return [float(v) for v in loop.reshape(-1)]
-
-
-def mask_polygons(mask: np.ndarray) -> list[list[float]]:
-  """COCO polygons whose pycocotools rasterisation is exactly `mask` (bool [H, W], non-empty).
-
-  Outer pixel boundaries are traced; where the mask has holes (which unioned polygons cannot
-  express) it is cut at the first column holding a hole pixel and each side is traced again.
-  """
-  x, y, w, h = (int(v) for v in tight_bbox(mask))
-  polygons = _crop_polygons(mask[y:y + h, x:x + w])
-  return [[v + (y if k % 2 else x) for k, v in enumerate(p)] for p in polygons]
-
-
-def _crop_polygons(mask: np.ndarray, depth: int = 0) -> list[list[float]]:
-  height, width = mask.shape
-  outer = [l for l in _trace_loops(mask) if len(l) >= 4 and _signed_area(l) > 0]
-  polygons = [_as_polygon(l) for l in outer]
-  filled = rasterize(polygons, height, width) if polygons else np.zeros_like(mask)
-  if np.array_equal(filled, mask):
-    return polygons
-  holes = filled & ~mask
-  if depth > 64 or not holes.any() or (mask & ~filled).any():
-    return _run_rectangles(mask)
-  col = int(np.nonzero(holes.any(axis=0))[0][0])
-  left, right = mask.copy(), mask.copy()
-  left[:, col:] = False
-  right[:, :col] = False
-  return [p for part in (left, right) if part.any() for p in _crop_polygons(part, depth + 1)]
-
-
-def _run_rectangles(mask: np.ndarray) -> list[list[float]]:
-  """Fallback: one rectangle polygon per horizontal run of each row (always exact)."""
-  polygons = []
-  for y in range(mask.shape[0]):
-    row = np.concatenate([[0], mask[y].astype(np.int8), [0]])
-    d = np.diff(row)
-    for x0, x1 in zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]):
-      polygons.append([float(v) for v in (x0, y, x1, y, x1, y + 1, x0, y + 1)])
-  return polygons
-
-
-def uncompressed_rle(mask: np.ndarray) -> dict:
-  """COCO's crowd segmentation {'counts': [run lengths, column-major, 0s first], 'size': [H, W]}."""
-  flat = np.asarray(mask, np.int8).reshape(-1, order='F')
-  bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
-  counts = np.diff(bounds).tolist()
-  if flat.size and flat[0]:
-    counts = [0] + counts
-  return {'counts': counts, 'size': [int(mask.shape[0]), int(mask.shape[1])]}
-
-
-def tight_bbox(mask: np.ndarray) -> list[float]:
-  """COCO [x, y, width, height] of the pixels of a non-empty mask (as `mask.toBbox`)."""
-  ys = np.nonzero(mask.any(axis=1))[0]
-  xs = np.nonzero(mask.any(axis=0))[0]
-  return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
 
 
 # Drawing
@@ -331,7 +198,7 @@ def _draw_crowd(rng: np.random.Generator, canvas: np.ndarray) -> tuple[_Drawn, n
   color = None
   for _ in range(int(rng.integers(6, 17))):
     x, y = rng.normal([cx, cy], spread)
-    mask = rasterize([_as_polygon(_outline(rng, name, rng.uniform(6, 11), x, y))], height, width)
+    mask = rasterize([as_polygon(_outline(rng, name, rng.uniform(6, 11), x, y))], height, width)
     if not mask.any():
       continue
     color = _pick_color(rng, canvas[mask]) if color is None else color
