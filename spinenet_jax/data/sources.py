@@ -1,0 +1,317 @@
+"""Data sources for the input pipeline: any COCO-format folder, TFDS coco/2017, synthetic shapes.
+
+All three give tf.data examples in the format `parser.py` expects (that of TFDS coco):
+  {'image': uint8 [H, W, 3] RGB, 'image/filename': string, 'image/id': int64,
+   'objects': {'id': int64 [N], 'area': float32 [N],
+               'bbox': float32 [N, 4] normalized [ymin, xmin, ymax, xmax],
+               'label': int64 [N] COCO category ids, 'is_crowd': bool [N]}}.
+Labels are the category ids of the json (COCO: 1..90, with gaps), not contiguous indices, because
+the official RetinaNet classifies over `max id + 1` classes (91 for COCO). TFDS coco/2017 stores
+contiguous indices 0..79, so `load_coco2017` maps them back through `COCO_CATEGORY_IDS`.
+
+`CocoFolder` is one TFDS builder for any folder of images plus an instances json; its config holds
+the split -> (images dir, json) paths. Real folders hold bad files, so generation never dies on one
+image: corrupt or truncated images are skipped, grayscale / RGBA / palette images converted to RGB,
+boxes clipped to the image (and dropped when that leaves them empty), each case counted and logged
+with the file name, with a summary per split. Missing paths fail before any generation starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import logging
+import os
+import types
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from spinenet_jax.data import synthetic
+
+log = logging.getLogger(__name__)
+
+# Official COCO ids of the 80 categories, in the order of TFDS coco's contiguous labels 0..79.
+COCO_CATEGORY_IDS: tuple[int, ...] = (
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+  31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+  56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+  85, 86, 87, 88, 89, 90)
+COCO_NUM_CLASSES = 91  # max id + 1, as the official configs
+
+
+# The COCO-folder builder
+
+
+@dataclasses.dataclass(eq=False)
+class CocoFolderConfig(tfds.core.BuilderConfig):
+  """A named COCO-format folder: {split: (images dir, instances json path)}."""
+  splits: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class SplitStats:
+  """What generation of one split met; every count but `images` is also logged per file."""
+  images: int = 0                 # examples written
+  skipped_images: int = 0         # unreadable, corrupt, truncated or duplicate (not written)
+  converted_images: int = 0       # grayscale, RGBA, palette, ... converted to RGB
+  size_mismatches: int = 0        # decoded size differs from the json (the decoded size is used)
+  clipped_boxes: int = 0          # boxes reaching out of the image, clipped
+  dropped_boxes: int = 0          # boxes empty (after clipping), malformed or of unknown category
+  images_without_objects: int = 0
+  crowd_only_images: int = 0
+
+
+class CocoFolder(tfds.core.GeneratorBasedBuilder):
+  """TFDS builder for a COCO-format folder; see `build_coco_folder`."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = types.MappingProxyType({'1.0.0': 'Initial release.'})
+  # Nothing is downloaded, so there is no checksums file next to the code to find. (TFDS' own
+  # lookup of this path needs the `importlib_resources` package for a builder outside TFDS.)
+  code_path = None
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.stats: dict[str, SplitStats] = {}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
+        'image/filename': tfds.features.Text(),
+        'image/id': np.int64,
+        'objects': tfds.features.Sequence({
+            'id': np.int64,
+            'area': np.float32,
+            'bbox': tfds.features.BBoxFeature(),
+            'label': np.int64,
+            'is_crowd': np.bool_,
+        }),
+    })
+    return tfds.core.DatasetInfo(builder=self, features=features,
+                                 metadata=tfds.core.MetadataDict(),
+                                 description='A COCO-format folder (instances json + images).')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    splits = dict(self.builder_config.splits)
+    if not splits:
+      raise ValueError('CocoFolder config has no splits')
+    datasets = {split: _read_instances(images_dir, json_path)
+                for split, (images_dir, json_path) in splits.items()}
+    categories = _merge_categories([d['categories'] for d in datasets.values()])
+    self.info.metadata['categories'] = [{'id': k, 'name': v} for k, v in categories.items()]
+    self.info.metadata['num_classes'] = max(categories, default=0) + 1
+    return {split: self._generate_examples(split, splits[split][0], dataset)
+            for split, dataset in datasets.items()}
+
+  def _generate_examples(self, split: str, images_dir: str, dataset: dict):
+    stats = self.stats[split] = SplitStats()
+    category_ids = {int(c['id']) for c in dataset['categories']}
+    by_image = collections.defaultdict(list)
+    for ann in dataset.get('annotations', []):
+      by_image[ann.get('image_id')].append(ann)
+    seen = set()
+    for info in sorted(dataset['images'], key=lambda i: i['id']):
+      if info['id'] in seen:
+        stats.skipped_images += 1
+        log.warning('%s: skipped, image id %s is listed twice', info['file_name'], info['id'])
+        continue
+      seen.add(info['id'])
+      example = _example(images_dir, info, by_image[info['id']], category_ids, stats)
+      if example is not None:
+        stats.images += 1
+        yield info['id'], example
+    log.info('coco folder split %r: %s', split, dataclasses.asdict(stats))
+
+
+def build_coco_folder(name: str, splits: Mapping[str, tuple[str, str]],
+                      data_dir: str) -> CocoFolder:
+  """A TFDS builder of COCO-format splits {split: (images dir, instances json)} under `data_dir`.
+
+  Call `download_and_prepare()` then `as_dataset(split=...)`. Prepared data lives in
+  `<data_dir>/coco_folder/<name>/1.0.0` and is reused as is: give another name to other content.
+  Missing paths raise FileNotFoundError when preparing, before any example is generated.
+  """
+  config = CocoFolderConfig(name=name, version=CocoFolder.VERSION,
+                            splits={k: (os.fspath(v[0]), os.fspath(v[1]))
+                                    for k, v in splits.items()})
+  return CocoFolder(config=config, data_dir=data_dir)
+
+
+def folder_categories(builder: tfds.core.DatasetBuilder) -> dict[int, str]:
+  """{category id: name} of a prepared COCO-folder builder."""
+  return {int(c['id']): c['name'] for c in builder.info.metadata['categories']}
+
+
+def folder_num_classes(builder: tfds.core.DatasetBuilder) -> int:
+  """Classes of the classifier for a prepared COCO-folder builder: max category id + 1."""
+  return int(builder.info.metadata['num_classes'])
+
+
+def _read_instances(images_dir: str, json_path: str) -> dict:
+  """The instances json, after checking both paths exist (clear errors naming them)."""
+  if not os.path.isdir(images_dir):
+    raise FileNotFoundError(f'COCO folder: images directory not found: {images_dir}')
+  if not os.path.isfile(json_path):
+    raise FileNotFoundError(f'COCO folder: annotation file not found: {json_path}')
+  with open(json_path, 'rb') as f:
+    try:
+      dataset = json.load(f)
+    except ValueError as e:
+      raise ValueError(f'COCO folder: {json_path} is not valid json: {e}') from e
+  if not isinstance(dataset, dict) or 'images' not in dataset or 'categories' not in dataset:
+    raise ValueError(f'COCO folder: {json_path} lacks "images" or "categories"')
+  return dataset
+
+
+def _merge_categories(lists: list[list[dict]]) -> dict[int, str]:
+  out = {}
+  for categories in lists:
+    for c in categories:
+      if out.setdefault(int(c['id']), c['name']) != c['name']:
+        log.warning('category %d named both %r and %r', c['id'], out[int(c['id'])], c['name'])
+  return dict(sorted(out.items()))
+
+
+# One example
+
+
+def _example(images_dir: str, info: dict, annotations: list[dict], category_ids: set[int],
+             stats: SplitStats) -> dict | None:
+  """The TFDS example of one json image, or None when its file cannot be decoded."""
+  name = info['file_name']
+  image = _load_image(os.path.join(images_dir, name), stats)
+  if image is None:
+    return None
+  encoded, (height, width) = image
+  if (info.get('height'), info.get('width')) != (height, width):
+    stats.size_mismatches += 1
+    log.warning('%s: size %dx%d differs from the json %sx%s; using the decoded size', name,
+                height, width, info.get('height'), info.get('width'))
+  objects = [obj for ann in annotations
+             if (obj := _object(ann, height, width, category_ids, name, stats)) is not None]
+  if not objects:
+    stats.images_without_objects += 1
+    log.info('%s: no objects', name)
+  elif all(obj['is_crowd'] for obj in objects):
+    stats.crowd_only_images += 1
+    log.info('%s: only crowd objects', name)
+  return {'image': encoded, 'image/filename': name, 'image/id': info['id'],
+          'objects': _stack(objects)}
+
+
+def _load_image(path: str, stats: SplitStats) -> tuple[bytes, tuple[int, int]] | None:
+  """(encoded RGB bytes, (height, width)); None (counted, logged) for unreadable files.
+
+  RGB JPEG and PNG files are stored as they are (no recompression; TF decodes them when read, as for
+  TFDS coco); anything else is decoded by PIL, converted to RGB (alpha dropped, palette expanded)
+  and stored as lossless PNG.
+  """
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()  # decodes everything: raises on corrupt or truncated data
+      size = (image.height, image.width)
+      if image.mode == 'RGB' and image.format in ('JPEG', 'PNG'):
+        return data, size
+      stats.converted_images += 1
+      log.info('%s: %s %s converted to RGB', os.path.basename(path), image.format, image.mode)
+      buffer = io.BytesIO()
+      image.convert('RGB').save(buffer, format='PNG')
+      return buffer.getvalue(), size
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    stats.skipped_images += 1
+    log.warning('%s: skipped, cannot decode image: %s', os.path.basename(path), e)
+    return None
+
+
+def _object(ann: dict, height: int, width: int, category_ids: set[int], name: str,
+            stats: SplitStats) -> dict | None:
+  """The object of one annotation, its box clipped to the image; None when dropped."""
+  label = ann.get('category_id')
+  bbox = ann.get('bbox')
+  if label not in category_ids or not isinstance(bbox, list) or len(bbox) != 4:
+    stats.dropped_boxes += 1
+    log.warning('%s: annotation %s dropped: unknown category %r or malformed bbox %r', name,
+                ann.get('id'), label, bbox)
+    return None
+  x, y, w, h = (float(v) for v in bbox)
+  x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+  if x1 <= x0 or y1 <= y0:
+    stats.dropped_boxes += 1
+    log.warning('%s: annotation %s dropped: box %s is empty in the %dx%d image', name,
+                ann.get('id'), bbox, height, width)
+    return None
+  if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+    stats.clipped_boxes += 1
+    log.warning('%s: annotation %s box %s clipped to the %dx%d image', name, ann.get('id'),
+                bbox, height, width)
+  box = tfds.features.BBox(ymin=y0 / height, xmin=x0 / width, ymax=y1 / height, xmax=x1 / width)
+  return {'id': int(ann.get('id', -1)), 'area': float(ann.get('area', w * h)), 'bbox': box,
+          'label': int(label), 'is_crowd': bool(ann.get('iscrowd', 0))}
+
+
+def _stack(objects: list[dict]) -> dict:
+  """A Sequence feature value; explicit empty arrays when there is no object."""
+  if objects:
+    return {key: [obj[key] for obj in objects] for key in objects[0]}
+  return {'id': np.zeros([0], np.int64), 'area': np.zeros([0], np.float32),
+          'bbox': np.zeros([0, 4], np.float32), 'label': np.zeros([0], np.int64),
+          'is_crowd': np.zeros([0], np.bool_)}
+
+
+# Ready-made sources
+
+
+def load_coco2017(split: str, data_dir: str) -> tf.data.Dataset:
+  """TFDS coco/2017 `split` from `data_dir`, with `objects/label` mapped to COCO category ids."""
+  path = os.path.join(data_dir, 'coco', '2017')
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f'coco/2017 is not prepared in data_dir {data_dir} (no folder {path}). Prepare it where '
+        f'the network is available, e.g. `tfds build coco/2017 --data_dir={data_dir}`, then copy '
+        'that data_dir here.')
+  dataset = tfds.load('coco/2017', split=split, data_dir=data_dir, download=False)
+  return dataset.map(coco_ids_from_tfds_labels, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def coco_ids_from_tfds_labels(example: dict) -> dict:
+  """Replaces TFDS coco's contiguous `objects/label` 0..79 by the COCO category ids 1..90."""
+  objects = dict(example['objects'])
+  table = tf.constant(COCO_CATEGORY_IDS, tf.int64)
+  objects['label'] = tf.gather(table, tf.cast(objects['label'], tf.int64))
+  return {**example, 'objects': objects}
+
+
+def load_synthetic(split: str, root: str, data_dir: str, *, num_images: int | None = None,
+                   seed: int | None = None) -> tf.data.Dataset:
+  """The synthetic shapes split (generated under `root` if needed), built with `CocoFolder`.
+
+  Without `num_images` / `seed` the default splits of `synthetic.DEFAULT_SPLITS` are used.
+  """
+  if num_images is None and seed is None:
+    synthetic.generate_default(root)
+    name = 'synthetic'
+  else:
+    default_n, default_seed = synthetic.DEFAULT_SPLITS.get(split, (16, 0))
+    num_images = default_n if num_images is None else num_images
+    seed = default_seed if seed is None else seed
+    synthetic.generate(root, split, num_images, seed)
+    name = f'synthetic_{split}_{num_images}_{seed}'
+  builder = build_coco_folder(name, _synthetic_splits(root, name, split), data_dir)
+  builder.download_and_prepare()
+  return builder.as_dataset(split=split)
+
+
+def _synthetic_splits(root: str, name: str, split: str) -> dict[str, tuple[str, str]]:
+  splits = list(synthetic.DEFAULT_SPLITS) if name == 'synthetic' else [split]
+  return {s: (os.path.join(root, s, 'images'), os.path.join(root, 'annotations',
+                                                             f'instances_{s}.json'))
+          for s in splits}
