@@ -81,8 +81,8 @@ def main(argv):
   anchor_config = model.config.anchors
   only = set(_ONLY.value or ['forward', 'train', 'postprocess', 'labels'])
   result = {'model_id': config.model.backbone.model_id,
-            'image_size': list(size), 'batch_size': _BATCH.value, 'dtype': model.dtype.__name__
-            if hasattr(model.dtype, '__name__') else str(model.dtype),
+            'image_size': list(size), 'batch_size': _BATCH.value,
+            'dtype': jnp.dtype(model.dtype).name,
             'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
             'host': platform.node(), 'cpus': os.cpu_count()}
   outputs = jax.jit(model.apply)(variables, images)

@@ -14,10 +14,10 @@ from typing import Mapping
 
 import numpy as np
 
+from spinenet_jax.interop.tf2_names import TF2_SUFFIX
+from spinenet_jax.interop.tf_checkpoint import bn_names
+
 Path = tuple[str, ...]
-_TF2_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
-_BN = (('gamma', 'params', 'scale'), ('beta', 'params', 'bias'),
-       ('moving_mean', 'batch_stats', 'mean'), ('moving_variance', 'batch_stats', 'var'))
 TOWERS = ('class', 'box')
 
 
@@ -30,10 +30,6 @@ def _conv_vars(tf_base: str, ours: Path, params: Mapping, suffix: str) -> dict:
             f'{tf_base}/bias{suffix}': ('params', ours + ('pointwise', 'bias'))}
   return {f'{tf_base}/kernel{suffix}': ('params', ours + ('conv', 'kernel')),
           f'{tf_base}/bias{suffix}': ('params', ours + ('conv', 'bias'))}
-
-
-def _norm_vars(tf_base: str, ours: Path, suffix: str) -> dict:
-  return {f'{tf_base}/{tf}{suffix}': (collection, ours + ('bn', leaf)) for tf, collection, leaf in _BN}
 
 
 def _tower_shape(params: Mapping, tower: str) -> tuple[int, list[int]]:
@@ -51,8 +47,7 @@ def head_tf1_names(params: Mapping) -> dict[str, tuple[str, Path]]:
     for i in range(num_convs):
       names.update(_conv_vars(f'{scope}-{i}', ('head', f'{tower}_conv_{i}'), params, ''))
       for level in levels:
-        names.update(_norm_vars(f'{scope}-{i}-{level}', ('head', f'{tower}_norm_{i}_level_{level}'),
-                                ''))
+        names.update(bn_names(f'{scope}-{i}-{level}', ('head', f'{tower}_norm_{i}_level_{level}', 'bn')))
     names.update(_conv_vars(f'{scope}-predict', ('head', f'{tower}_predict'), params, ''))
   return names
 
@@ -63,12 +58,12 @@ def head_tf2_names(params: Mapping, prefix: str = 'head') -> dict[str, tuple[str
     num_convs, levels = _tower_shape(params, tower)
     for i in range(num_convs):
       names.update(_conv_vars(f'{prefix}/_{tf_tower}_convs/{i}', ('head', f'{tower}_conv_{i}'),
-                              params, _TF2_SUFFIX))
+                              params, TF2_SUFFIX))
       for j, level in enumerate(levels):
-        names.update(_norm_vars(f'{prefix}/_{tf_tower}_norms/{j}/{i}',
-                                ('head', f'{tower}_norm_{i}_level_{level}'), _TF2_SUFFIX))
+        names.update(bn_names(f'{prefix}/_{tf_tower}_norms/{j}/{i}',
+                              ('head', f'{tower}_norm_{i}_level_{level}', 'bn'), TF2_SUFFIX))
     names.update(_conv_vars(f'{prefix}/{predictor}', ('head', f'{tower}_predict'), params,
-                            _TF2_SUFFIX))
+                            TF2_SUFFIX))
   return names
 
 

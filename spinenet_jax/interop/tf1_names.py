@@ -13,14 +13,9 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping
 
+from spinenet_jax.interop.tf_checkpoint import bn_names
+
 Path = tuple[str, ...]
-# TF1 suffix -> (flax collection, path inside a ConvNorm unit).
-_BN_VARIABLES = {
-    'gamma': ('params', ('norm', 'bn', 'scale')),
-    'beta': ('params', ('norm', 'bn', 'bias')),
-    'moving_mean': ('batch_stats', ('norm', 'bn', 'mean')),
-    'moving_variance': ('batch_stats', ('norm', 'bn', 'var')),
-}
 _BLOCK_UNITS = ('projection', 'conv_0', 'conv_1', 'conv_2')
 _RESAMPLE_UNITS = ('reduce', 'downsample', 'expand')
 
@@ -31,8 +26,9 @@ def _layer_name(base: str, k: int) -> str:
 
 def _unit_names(scope: str, k: int, unit: Path) -> Iterator[tuple[str, str, Path]]:
   yield f'{scope}/{_layer_name("conv2d", k)}/kernel', 'params', unit + ('conv', 'kernel')
-  for suffix, (collection, sub) in _BN_VARIABLES.items():
-    yield f'{scope}/{_layer_name("batch_normalization", k)}/{suffix}', collection, unit + sub
+  bn = bn_names(f'{scope}/{_layer_name("batch_normalization", k)}', unit + ('norm', 'bn'))
+  for name, (collection, path) in bn.items():
+    yield name, collection, path
 
 
 def _group_units(group: Mapping, path: Path) -> Iterator[Path]:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Mapping
 
+from spinenet_jax.interop.tf_checkpoint import bn_names, get_path
 from spinenet_jax.modeling import topology
 
 Path = tuple[str, ...]
 PREFIXES = ('backbone', 'model/_backbone')   # trainer checkpoints; tf.train.Checkpoint(model=...)
-_SUFFIX = '.ATTRIBUTES/VARIABLE_VALUE'
-_BN = (('gamma', 'params', ('scale',)), ('beta', 'params', ('bias',)),
-       ('moving_mean', 'batch_stats', ('mean',)), ('moving_variance', 'batch_stats', ('var',)))
+TF2_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'   # object-based checkpoint keys end with this
 _BLOCK_SUBLAYERS = (('projection', '_shortcut', '_norm0'), ('conv_0', '_conv1', '_norm1'),
                     ('conv_1', '_conv2', '_norm2'), ('conv_2', '_conv3', '_norm3'))
 
@@ -103,18 +102,17 @@ def keras_layer_order(outputs: Iterable[_Layer]) -> list[_Layer]:
   """Layers in Keras functional order: depth to the outputs descending, then first-visit order."""
   first_visit: dict[int, int] = {}
   post_order: list[_Layer] = []
-  done: set[int] = set()
   for out in outputs:
+    if id(out) in first_visit:   # already reached from an earlier output
+      continue
+    first_visit[id(out)] = len(first_visit)
     stack = [(out, iter(out.inputs))]
-    first_visit.setdefault(id(out), len(first_visit))
     while stack:
       layer, parents = stack[-1]
       parent = next(parents, None)
       if parent is None:
         stack.pop()
-        if id(layer) not in done:
-          done.add(id(layer))
-          post_order.append(layer)
+        post_order.append(layer)   # a layer is pushed once, on its first visit
       elif id(parent) not in first_visit:
         first_visit[id(parent)] = len(first_visit)
         stack.append((parent, iter(parent.inputs)))
@@ -135,26 +133,17 @@ def spinenet_tf2_names(params: Mapping, config, prefix: str = 'backbone') -> dic
   for n, layer in enumerate(weighted):
     base = f'{prefix}/layer_with_weights-{n}'
     if layer.kind == 'conv':
-      names[f'{base}/kernel/{_SUFFIX}'] = ('params', layer.unit + ('conv', 'kernel'))
+      names[f'{base}/kernel{TF2_SUFFIX}'] = ('params', layer.unit + ('conv', 'kernel'))
     elif layer.kind == 'norm':
-      for tf_name, collection, leaf in _BN:
-        names[f'{base}/{tf_name}/{_SUFFIX}'] = (collection, layer.unit + ('norm', 'bn') + leaf)
+      names.update(bn_names(base, layer.unit + ('norm', 'bn'), TF2_SUFFIX))
     else:
-      block = _get(params, layer.unit)
+      block = get_path(params, layer.unit)
       for ours, conv, norm in _BLOCK_SUBLAYERS:
         if ours not in block:
           continue
-        names[f'{base}/{conv}/kernel/{_SUFFIX}'] = ('params', layer.unit + (ours, 'conv', 'kernel'))
-        for tf_name, collection, leaf in _BN:
-          names[f'{base}/{norm}/{tf_name}/{_SUFFIX}'] = (
-              collection, layer.unit + (ours, 'norm', 'bn') + leaf)
+        names[f'{base}/{conv}/kernel{TF2_SUFFIX}'] = ('params', layer.unit + (ours, 'conv', 'kernel'))
+        names.update(bn_names(f'{base}/{norm}', layer.unit + (ours, 'norm', 'bn'), TF2_SUFFIX))
   return names
-
-
-def _get(tree: Mapping, path: Path):
-  for key in path:
-    tree = tree[key]
-  return tree
 
 
 def detect_prefix(names: Iterable[str]) -> str:
@@ -164,7 +153,7 @@ def detect_prefix(names: Iterable[str]) -> str:
     if any(n.startswith(prefix + '/layer_with_weights-') for n in names):
       return prefix
   raise ValueError('no Model Garden SpineNet backbone in this checkpoint: expected keys like '
-                   f'{PREFIXES[0]}/layer_with_weights-0/kernel/{_SUFFIX} or the same under '
+                   f'{PREFIXES[0]}/layer_with_weights-0/kernel{TF2_SUFFIX} or the same under '
                    f'{PREFIXES[1]}/.')
 
 

@@ -37,7 +37,18 @@ def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
           if name != '_CHECKPOINTABLE_OBJECT_GRAPH'}
 
 
-def _get(tree: Mapping, path: Path):
+# A TF batch-norm variable -> (flax collection, leaf name inside a flax BatchNorm).
+BN_VARIABLES = (('gamma', 'params', 'scale'), ('beta', 'params', 'bias'),
+                ('moving_mean', 'batch_stats', 'mean'), ('moving_variance', 'batch_stats', 'var'))
+
+
+def bn_names(tf_base: str, bn_path: Path, suffix: str = '') -> dict[str, tuple[str, Path]]:
+  """The four variables of the TF batch norm `tf_base`, for the flax BatchNorm at `bn_path`."""
+  return {f'{tf_base}/{tf_name}{suffix}': (collection, bn_path + (leaf,))
+          for tf_name, collection, leaf in BN_VARIABLES}
+
+
+def get_path(tree: Mapping, path: Path):
   for key in path:
     tree = tree[key]
   return tree
@@ -62,7 +73,7 @@ def apply_name_map(tensors: Mapping[str, np.ndarray], name_map: NameMap, templat
   transforms = transforms or {}
   missing, misshaped, variables = [], [], {}
   for name, (collection, path) in name_map.items():
-    expected = _get(template[collection], path)
+    expected = get_path(template[collection], path)
     if name not in tensors:
       missing.append(f'{name} (for {collection}/{"/".join(path)}, shape {tuple(expected.shape)})')
       continue
