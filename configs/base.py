@@ -71,6 +71,63 @@ def get_config() -> ml_collections.ConfigDict:
       nms_mode='per_class',            # official v1; or 'class_agnostic'
   ))
 
-  config.input = ml_collections.ConfigDict()
-  config.input.image_size = (640, 640)  # (height, width) of the network input
+  config.input = ml_collections.ConfigDict(dict(
+      image_size=(640, 640),           # (height, width) of the network input
+      aug_scale_min=0.5,               # large-scale jitter of the RetinaNet yamls (protocols B, C)
+      aug_scale_max=2.0,
+      aug_rand_hflip=True,
+      skip_crowd_during_training=True,
+      max_num_instances=100,
+  ))
+  config.data = ml_collections.ConfigDict(dict(
+      source='coco2017',               # 'coco2017' (TFDS), 'coco_folder' or 'synthetic'
+      tfds_data_dir=placeholder(str),  # TFDS data_dir (local or gs://); None: <workdir>/tfds
+      train_split='train',
+      eval_split='validation',
+      # source='coco_folder': any COCO-format dataset (images folder + instances json).
+      folder_name='coco_folder',       # TFDS name of the built folder dataset: new content, new name
+      train_images=placeholder(str),
+      train_annotations=placeholder(str),
+      eval_images=placeholder(str),
+      eval_annotations=placeholder(str),
+      synthetic_root=placeholder(str), # source='synthetic': None -> <workdir>/synthetic
+      synthetic_num_images=placeholder(int),  # None: the default splits (256 train, 64 val)
+      shuffle_buffer=1024,
+  ))
+  # Optimization: the official RetinaNet yamls (batch 256, SGD momentum 0.9, warmup 2000 steps from
+  # 0.0067, step decay, L2 4e-5 in config.loss, clip 10). Protocol configs set the schedule.
+  config.train = ml_collections.ConfigDict(dict(
+      global_batch_size=256,
+      total_steps=231500,
+      schedule='step',                 # 'step' (official) or 'cosine'
+      init_learning_rate=0.28,
+      warmup_steps=2000,
+      warmup_learning_rate=0.0067,
+      learning_rate_steps=(217610, 226870),
+      learning_rate_levels=(0.028, 0.0028),
+      momentum=0.9,
+      gradient_clip_norm=10.0,         # global norm of the batch gradient; 0 turns clipping off
+      log_every_steps=100,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=3,
+      eval_every_steps=0,              # 0: evaluate only at the end (mode train_and_eval)
+      profile=False,                   # a 5-step profiler trace in the workdir (TensorBoard)
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=8,                    # global; official eval_batch_size 8
+      annotation_file=placeholder(str),  # COCO json (e.g. instances_val2017.json); None: the split's
+      num_images=placeholder(int),     # evaluate the first N images only
+      drop_padded_detections=False,    # official: all 100 slots, padded ones (score -1) included
+      save_detections=False,           # also write the COCO-format detections json
+  ))
+  config.predict = ml_collections.ConfigDict(dict(
+      input_dir=placeholder(str),      # folder of .jpg/.png images
+      output_dir=placeholder(str),     # None: <workdir>/predictions
+      draw_score_threshold=0.3,
+  ))
+  # A model checkpoint folder (model.json + variables/, e.g. from tools/convert_tf_checkpoint.py):
+  # eval/predict use it (with its own model settings); train starts from its weights.
+  config.init_checkpoint = placeholder(str)
+  config.seed = 0
+  config.smoke = False                 # shrink to a minutes-long CPU run on the synthetic data
   return config

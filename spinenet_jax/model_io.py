@@ -39,6 +39,14 @@ def config_from_dict(d: dict) -> ModelConfig:
   raise ValueError(f'unknown model type {d.get("type")!r}; expected "spinenet" or "retinanet".')
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+  # Model checkpoints are host-local numpy trees: this process alone reads or writes them, so no
+  # barrier waits for other processes of a multi-host job.
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
 def save_model(directory: str, config: ModelConfig, variables: dict, info: dict | None = None) -> None:
   """Writes `variables` and the model `config` to `directory` (created; must not exist)."""
   directory = os.path.abspath(directory)
@@ -46,7 +54,7 @@ def save_model(directory: str, config: ModelConfig, variables: dict, info: dict 
     raise FileExistsError(f'{directory} already holds a model checkpoint; choose a new --output.')
   os.makedirs(directory, exist_ok=True)
   tree = jax.tree_util.tree_map(np.asarray, dict(variables))
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = _checkpointer()
   checkpointer.save(os.path.join(directory, VARIABLES_DIR), tree)
   checkpointer.wait_until_finished()
   meta = {'format_version': FORMAT_VERSION, 'model': config_to_dict(config), 'info': info or {}}
@@ -64,5 +72,5 @@ def load_model(directory: str) -> tuple[ModelConfig, dict[str, Any], dict]:
     meta = json.load(f)
   if meta.get('format_version') != FORMAT_VERSION:
     raise ValueError(f'{meta_path}: unsupported format_version {meta.get("format_version")!r}.')
-  variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
+  variables = _checkpointer().restore(os.path.join(directory, VARIABLES_DIR))
   return config_from_dict(meta['model']), dict(variables), meta.get('info', {})

@@ -6,6 +6,10 @@ import sys
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Subprocess tests compile the same tiny programs again: share compiled code through the cache.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    __import__('tempfile').gettempdir(), 'spinenet_jax_test_jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '2')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -2,11 +2,11 @@
 
 import jax
 import numpy as np
+import pytest
 import tensorflow as tf
 from jax.sharding import Mesh
 
-from spinenet_jax.data import input_pipeline
-from spinenet_jax.data import parser
+from spinenet_jax.data import input_pipeline, parser
 
 CONFIG = parser.ParserConfig(output_size=(128, 128), max_level=7, max_num_instances=8)
 
@@ -77,3 +77,16 @@ def test_prefetch_to_mesh_shards_the_batch():
   assert images.shape == (8, 128, 128, 3) and len(images.sharding.device_set) == 8
   assert images.addressable_shards[0].data.shape == (1, 128, 128, 3)
   np.testing.assert_array_equal(np.asarray(images), batches[1]['images'])
+
+
+def test_check_batch_size_names_the_values_and_the_config_key():
+  assert input_pipeline.check_batch_size(64, 8, 2) == 32
+  assert input_pipeline.check_batch_size(8, 8) == 8
+  for batch in (12, 0, -8):
+    with pytest.raises(ValueError, match=rf'config.train.global_batch_size={batch} .*8 devices '
+                                         r'\(2 processes\)'):
+      input_pipeline.check_batch_size(batch, 8, 2)
+  with pytest.raises(ValueError, match='config.eval.batch_size=6 must be a positive multiple of 4'):
+    input_pipeline.check_batch_size(6, 4, name='config.eval.batch_size')
+  with pytest.raises(ValueError, match='3 processes'):
+    input_pipeline.check_batch_size(24, 8, 3)

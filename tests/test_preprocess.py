@@ -82,7 +82,7 @@ def test_flip_moves_boxes_and_masks_with_the_image():
   boxes = tf.constant([[5 / 20, 4 / 40, 10 / 20, 12 / 40]])
   flipped, fboxes, fmasks = pp.flip_left_right(tf.constant(image), boxes, tf.constant(masks))
   np.testing.assert_allclose(fboxes, [[0.25, 1 - 0.3, 0.5, 1 - 0.1]], rtol=1e-6)
-  ys, xs = np.nonzero(flipped.numpy()[:, :, 0])
+  _, xs = np.nonzero(flipped.numpy()[:, :, 0])
   x0, x1 = fboxes.numpy()[0, [1, 3]] * 40
   assert xs.min() == pytest.approx(x0) and xs.max() + 1 == pytest.approx(x1)
   np.testing.assert_array_equal(fmasks.numpy()[0], flipped.numpy()[:, :, 0])
@@ -122,3 +122,35 @@ def test_pad_to_fixed_size():
   np.testing.assert_array_equal(pp.pad_to_fixed_size(x, 4), [[1, 2], [3, 4], [-1, -1], [-1, -1]])
   np.testing.assert_array_equal(pp.pad_to_fixed_size(x, 1), [[1, 2]])
   assert pp.pad_to_fixed_size(tf.constant([5, 6]), 3, 0).numpy().tolist() == [5, 6, 0]
+
+
+def official_normalize(image):
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  return (image - tf.constant(pp.MEAN_RGB)) / tf.constant(pp.STDDEV_RGB)
+
+
+def test_fast_paths_give_the_bits_of_the_official_op_order():
+  """The parser's faster forms (row-tiled normalization, uint8 flip, crop and pad on [H, W * 3])
+  against the official op order, eagerly and inside tf.data (graph-optimized, as in training)."""
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8))
+  crops = [(None, (40, 64), (64, 64)), ([3, 5], (20, 30), (32, 32)), ([0, 40], (40, 40), (64, 64))]
+
+  def fast(u8):
+    flipped = pp.flip_left_right(u8, tf.zeros([0, 4]))[0]
+    x = pp.normalize_image(u8)
+    return [x, pp.normalize_image(flipped)] + [pp._crop_and_pad(x, *c) for c in crops]
+
+  def official(u8):
+    x = official_normalize(u8)
+    out = [x, tf.image.flip_left_right(x)]
+    for offset, (h, w), padded in crops:
+      y0, x0 = offset or (0, 0)
+      crop = x[y0:y0 + h, x0:x0 + w] if offset else x
+      out.append(tf.image.pad_to_bounding_box(crop, 0, 0, *padded))
+    return out
+
+  def in_tf_data(f):
+    return list(next(iter(tf.data.Dataset.from_tensors(image).map(f))))
+
+  for a, b in zip(fast(image) + in_tf_data(fast), official(image) + in_tf_data(official)):
+    np.testing.assert_array_equal(a, b)

@@ -1,5 +1,6 @@
 """Data sources: the COCO-folder TFDS builder (round trip, bad inputs), coco/2017, synthetic."""
 
+import contextlib
 import io
 import json
 import logging
@@ -10,11 +11,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
-from spinenet_jax.data import parser, sources, synthetic
+from spinenet_jax.data import coco_masks, parser, sources, synthetic
 
 CATEGORIES = [{'id': 3, 'name': 'car'}, {'id': 17, 'name': 'cat'}, {'id': 90, 'name': 'toothbrush'}]
 PARSER_CONFIG = parser.ParserConfig(output_size=(128, 128))
+PYCOCOTOOLS_NUMPY2 = ("ignore:__array__ implementation doesn't accept a copy keyword"
+                      ':DeprecationWarning')
 
 
 def pixels(height, width, channels=3, seed=0):
@@ -238,3 +243,89 @@ def test_synthetic_source_parses(tmp_path):
     assert out['images'].shape == (128, 128, 3)
     count += 1
   assert count == 6
+
+
+# Instance masks (include_masks)
+
+
+def mask_annotations(height, width):
+  """Every COCO segmentation kind, one undecodable of each sort, and one empty mask."""
+  blob = np.zeros((height, width), np.uint8)
+  blob[3:9, 20:26] = 1
+  blob[5, 27:30] = 1
+  compressed = mask_utils.encode(np.asfortranarray(blob[::-1]))
+  compressed['counts'] = compressed['counts'].decode('ascii')
+  good = [
+      {'id': 1, 'bbox': [2, 2, 28, 13], 'category_id': 3,           # two polygons, unioned
+       'segmentation': [[2, 2, 12, 2, 12, 10, 2, 10], [20, 5, 30, 5, 25, 15]]},
+      {'id': 2, 'bbox': [20, 3, 10, 6], 'category_id': 17, 'iscrowd': 1,
+       'segmentation': coco_masks.uncompressed_rle(blob)},          # crowd: uncompressed RLE
+      {'id': 3, 'bbox': [20, 21, 10, 6], 'category_id': 17, 'segmentation': compressed},
+      {'id': 4, 'bbox': [0, 0, 10, 8], 'category_id': 90,           # reaches out of the image
+       'segmentation': [[-5, -5, 10, -5, 10, 8, -5, 8]]},
+      {'id': 8, 'bbox': [1, 1, 3, 3], 'category_id': 3,             # no pixel inside the image
+       'segmentation': [[50, 50, 60, 50, 60, 60]]}]
+  bad = [{'id': 5, 'bbox': [1, 1, 5, 5], 'category_id': 3, 'segmentation': 'junk'},
+         {'id': 6, 'bbox': [1, 1, 5, 5], 'category_id': 3,
+          'segmentation': {'counts': [0, 12], 'size': [3, 4]}},
+         {'id': 7, 'bbox': [1, 1, 5, 5], 'category_id': 3}]
+  return [{'image_id': 1, **a} for a in good + bad]
+
+
+def coco_api(json_path):
+  with contextlib.redirect_stdout(io.StringIO()):
+    return COCO(json_path)
+
+
+def assert_masks_equal_ann_to_mask(example, coco):
+  masks = example['objects']['mask']   # [0, 0, 0, 1] for an image without objects
+  assert masks.dtype == np.uint8 and len(masks) == len(example['objects']['id'])
+  assert not len(masks) or masks.shape[1:] == (*example['image'].shape[:2], 1)
+  for mask, ann_id in zip(masks, example['objects']['id']):
+    np.testing.assert_array_equal(mask[..., 0], coco.annToMask(coco.anns[int(ann_id)]))
+
+
+@pytest.mark.filterwarnings(PYCOCOTOOLS_NUMPY2)
+def test_masks_round_trip_and_bad_segmentations(tmp_path, caplog):
+  images = [(1, 'a.png', encode(pixels(30, 40), 'RGB'), (30, 40)),
+            (2, 'b.png', encode(pixels(16, 16), 'RGB'), (16, 16))]
+  paths = write_folder(tmp_path / 'src', images, mask_annotations(30, 40))
+  with caplog.at_level(logging.INFO, logger=sources.__name__):
+    builder = sources.build_coco_folder('t', {'train': paths}, str(tmp_path / 'tfds'),
+                                        include_masks=True)
+    builder.download_and_prepare()
+  examples = {int(ex['image/id']): ex for ex in tfds.as_numpy(builder.as_dataset(split='train'))}
+  np.testing.assert_array_equal(examples[1]['objects']['id'], [1, 2, 3, 4, 8])
+  assert_masks_equal_ann_to_mask(examples[1], coco_api(paths[1]))
+  assert examples[2]['objects']['mask'].shape[0] == 0
+  stats = builder.stats['train']
+  assert (stats.bad_masks, stats.empty_masks, stats.dropped_boxes) == (3, 1, 0)
+  for ann_id in (5, 6, 7):
+    assert any('a.png' in r.getMessage() and f'annotation {ann_id} dropped: bad segmentation'
+               in r.getMessage() for r in caplog.records)
+  # Off by default: no feature, segmentations not even read.
+  plain = sources.build_coco_folder('t', {'train': paths}, str(tmp_path / 'tfds'))
+  assert 'mask' not in plain.info.features['objects'].feature
+  plain.download_and_prepare()
+  assert plain.stats['train'].bad_masks == 0
+  plain_examples = tfds.as_numpy(plain.as_dataset(split='train'))
+  ids = {int(ex['image/id']): sorted(ex['objects']['id'].tolist()) for ex in plain_examples}
+  assert ids == {1: [1, 2, 3, 4, 5, 6, 7, 8], 2: []}
+
+
+@pytest.mark.filterwarnings(PYCOCOTOOLS_NUMPY2)
+def test_synthetic_masks_equal_ann_to_mask(tmp_path):
+  dataset = sources.load_synthetic('train', str(tmp_path / 'synth'), str(tmp_path / 'tfds'),
+                                   num_images=6, seed=2, include_masks=True)
+  coco = coco_api(str(tmp_path / 'synth' / 'annotations' / 'instances_train.json'))
+  config = parser.ParserConfig(output_size=(128, 128), include_masks=True, mask_crop_size=28)
+  crowds = 0
+  for i, example in enumerate(dataset):
+    assert_masks_equal_ann_to_mask(tf.nest.map_structure(lambda t: t.numpy(), example), coco)
+    crowds += int(example['objects']['is_crowd'].numpy().sum())
+    out = parser.parse_train(example, tf.constant([0, i]), config)
+    valid = out['gt_classes'].numpy() > 0
+    assert out['gt_masks'].shape == (100, 28, 28)
+    masks = out['gt_masks'].numpy()
+    assert (masks[valid] >= 0).all() and (masks[~valid] == -1).all()
+  assert crowds > 0   # polygons and RLE both checked

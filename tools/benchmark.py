@@ -2,11 +2,15 @@
 
   python tools/benchmark.py --config=configs/spinenet49.py --batch_size=2 [--steps=5]
       [--dtype=bfloat16] [--reference_python=/path/to/tf-models-official/venv/bin/python]
+      [--reference_torch]
 
 Every measurement is the median wall time of --steps runs after one warm-up run (compile excluded),
 with results blocked on. `--reference_python` runs tools/benchmark_tf_reference.py (TF Model
-Garden's SpineNet-49 RetinaNet) under that interpreter in the same run and adds the ratios. Prints
-one JSON object; record it in docs/benchmarks.md with the machine, date and command.
+Garden's SpineNet-49 RetinaNet) under that interpreter in the same run and adds the ratios.
+`--reference_torch` times the forward of the same model and weights exported to PyTorch
+(tools/pytorch_spinenet.py; needs torch) on the same device and reports its largest relative output
+difference. Prints one JSON object; record it in docs/benchmarks.md with the machine, date and
+command.
 """
 
 import json
@@ -36,6 +40,8 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed runs per measurement (median re
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Override config.model.dtype.')
 _REFERENCE = flags.DEFINE_string('reference_python', None,
                                  'Interpreter with tf-models-official for a same-run reference.')
+_TORCH = flags.DEFINE_bool('reference_torch', False,
+                           'Also time the PyTorch export of the model (same weights, same device).')
 _ONLY = flags.DEFINE_list('only', None, 'Subset of: forward, train, postprocess, labels.')
 flags.mark_flags_as_required(['config'])
 
@@ -48,6 +54,43 @@ def _time(fn, *args) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def _torch_reference(model, variables, images, outputs) -> dict:
+  """Forward time of the PyTorch export (bfloat16 under autocast, as JAX computes it)."""
+  import convert_to_pytorch
+  import pytorch_spinenet
+  import torch
+
+  from spinenet_jax import model_io
+  device = 'cuda' if jax.devices()[0].platform == 'gpu' and torch.cuda.is_available() else 'cpu'
+  net = pytorch_spinenet.build_model(model_io.config_to_dict(model.config))
+  state = convert_to_pytorch.state_dict_from_variables(jax.device_get(variables))
+  net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=False)
+  net = net.to(device).eval()   # (the unloaded keys are num_batches_tracked, unused in eval)
+  x = torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy()).to(device)
+  autocast = torch.autocast(device, torch.bfloat16, enabled=model.dtype == jnp.bfloat16)
+
+  def forward():
+    with torch.inference_mode(), autocast:
+      out = net(x)
+    if device == 'cuda':
+      torch.cuda.synchronize()
+    return out
+
+  out, error = forward(), 0.0
+  for kind, levels in outputs.items():
+    for level, ref in levels.items():
+      ref = np.asarray(ref, np.float32)
+      ours = out[kind][level].float().cpu().numpy().transpose(0, 2, 3, 1)
+      error = max(error, float(np.linalg.norm(ours - ref) / np.linalg.norm(ref)))
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    forward()
+    times.append(time.perf_counter() - start)
+  return {'torch': torch.__version__, 'torch_device': device,
+          'torch_forward_s': statistics.median(times), 'torch_max_rel_error': error}
 
 
 def _setup(config):
@@ -119,6 +162,10 @@ def main(argv):
     label = jax.jit(lambda b, c: target_assigner.label_batch(anchors, b, c))
     result['labels_s'] = _time(label, gt_boxes, gt_classes)
     result['labels_per_image_ms'] = 1000 * result['labels_s'] / _BATCH.value
+  if _TORCH.value:
+    result.update(_torch_reference(model, variables, images, outputs))
+    if 'forward_s' in result:
+      result['speedup_forward_vs_torch'] = result['torch_forward_s'] / result['forward_s']
   if _REFERENCE.value:
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'benchmark_tf_reference.py')
     ref = subprocess.run([_REFERENCE.value, script, f'--batch_size={_BATCH.value}',

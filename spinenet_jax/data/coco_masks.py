@@ -1,15 +1,22 @@
-"""Instance masks in COCO encodings: exact polygons, rasterization, uncompressed RLE, tight boxes.
+"""Instance masks in COCO encodings: exact polygons, rasterization, RLE, decoding, tight boxes.
 
 `rasterize` is pycocotools' own rasterization (what COCOeval uses), so a polygon made by
 `mask_polygons` turns back into exactly its mask. COCO unions a shape's polygons and cannot express
-holes, so masks with holes are split into hole-free pieces first.
+holes, so masks with holes are split into hole-free pieces first. `segmentation_mask` decodes any
+COCO segmentation as `COCO.annToMask` does, but checks it first: json from the wild holds malformed
+ones, and pycocotools reads some of those as garbage (an empty RLE string decodes to uninitialised
+memory) instead of raising.
 """
 
 from __future__ import annotations
 
+import io
+import math
+import numbers
 import warnings
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 _PYCOCOTOOLS_COPY_WARNING = "__array__ implementation doesn't accept a copy keyword"
@@ -18,9 +25,81 @@ _PYCOCOTOOLS_COPY_WARNING = "__array__ implementation doesn't accept a copy keyw
 def rasterize(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
   """Bool [H, W] union of COCO polygons, rasterised exactly as pycocotools (and COCOeval) does."""
   rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+  return _decode(rle).astype(bool)
+
+
+def _decode(rle: dict) -> np.ndarray:
   with warnings.catch_warnings():  # pycocotools' decode trips a numpy 2 deprecation on every call
     warnings.filterwarnings('ignore', _PYCOCOTOOLS_COPY_WARNING, DeprecationWarning)
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(rle)
+
+
+def segmentation_mask(segmentation, height: int, width: int) -> np.ndarray:
+  """uint8 {0, 1} [H, W] of a COCO segmentation, equal to `COCO.annToMask` on valid input.
+
+  Accepts polygons (a list of [x0, y0, x1, y1, ...], unioned), uncompressed RLE (crowds:
+  {'counts': [int, ...], 'size': [H, W]}) and compressed RLE (counts a string). Polygons of fewer
+  than 3 points are skipped: they cover no pixel (pycocotools would read a 4-number one as a box).
+  Raises ValueError, saying why, for anything else (TypeError when it is neither a list nor a
+  dict): coordinates not finite or further than an image size outside the image (pycocotools
+  allocates memory in proportion to the polygon's length), an RLE whose size is not
+  [height, width] or whose counts do not cover it exactly, ...
+  """
+  if isinstance(segmentation, list):
+    polygons = [_polygon(p, max(height, width)) for p in segmentation]
+    polygons = [p for p in polygons if len(p) >= 6]
+    if not polygons:
+      raise ValueError(f'no polygon of 3 or more points in {_short(segmentation)}')
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+  elif isinstance(segmentation, dict):
+    rle = _rle(segmentation, height, width)
+  else:
+    raise TypeError(f'segmentation is a {type(segmentation).__name__}, not polygons or RLE')
+  try:
+    mask = _decode(rle)
+  except ValueError as e:  # pycocotools checks that compressed counts cover the image
+    raise ValueError(f'undecodable RLE {_short(segmentation)}: {e}') from e
+  if mask.shape != (height, width) or mask.max(initial=0) > 1:
+    raise ValueError(f'RLE decodes to a corrupt mask {_short(segmentation)}')
+  return mask
+
+
+def _polygon(polygon, size: int) -> list[float]:
+  if not isinstance(polygon, list) or len(polygon) % 2 or not all(
+      isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+      for v in polygon):
+    raise ValueError(f'malformed polygon {_short(polygon)}')
+  if polygon and not -size <= min(polygon) <= max(polygon) <= 2 * size:
+    raise ValueError(f'polygon far outside the image {_short(polygon)}')
+  return [float(v) for v in polygon]
+
+
+def _rle(segmentation: dict, height: int, width: int) -> dict:
+  size, counts = segmentation.get('size'), segmentation.get('counts')
+  if not isinstance(size, list) or size != [height, width]:
+    raise ValueError(f'RLE size {size!r} is not the image size {[height, width]}')
+  if isinstance(counts, list):
+    if not all(isinstance(c, numbers.Integral) and c >= 0 for c in counts) or (
+        sum(counts) != height * width):
+      raise ValueError(f'RLE counts do not cover the {height}x{width} image: {_short(counts)}')
+    return mask_utils.frPyObjects({'size': [height, width], 'counts': counts}, height, width)
+  if isinstance(counts, str):
+    counts = counts.encode('ascii', errors='replace')
+  if not isinstance(counts, bytes) or not counts:
+    raise ValueError(f'RLE counts {_short(counts)} are neither run lengths nor a string')
+  return {'size': [height, width], 'counts': counts}
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 80 else text[:77] + '...'
+
+
+def png_mask(mask: np.ndarray) -> bytes:
+  """Lossless PNG (8-bit grey, values 0 and 1) of a [H, W] mask, as the official tf.Examples."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(mask, np.uint8)).save(buffer, format='PNG')
+  return buffer.getvalue()
 
 
 def _trace_loops(mask: np.ndarray) -> list[np.ndarray]:

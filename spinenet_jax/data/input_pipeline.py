@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -36,11 +36,33 @@ def _options() -> tf.data.Options:
 
 def train_dataset(source: tf.data.Dataset, batch_size: int, config: parser.ParserConfig,
                   seed: int = 0, process_index: int = 0, process_count: int = 1,
-                  shuffle_buffer: int = 1024) -> tf.data.Dataset:
-  """Endless batches of `batch_size` (this process's share of the global batch)."""
-  ds = source.shard(process_count, process_index)
-  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.enumerate()
+                  shuffle_buffer: int = 1024, start_batch: int = 0) -> tf.data.Dataset:
+  """Endless batches of `batch_size` (this process's share of the global batch).
+
+  Every process walks the same global stream: epoch `e` is the source shuffled with seed
+  (seed, e); element `j` of the stream is parsed with the stateless seed (seed, j) and belongs to
+  global batch j // G (G = batch_size * process_count), of which process p keeps positions
+  [p * batch_size, (p + 1) * batch_size). So the global batches do not depend on the number of
+  processes or devices, and `start_batch` resumes the stream exactly where a checkpoint left it
+  (skipping at most one epoch of records, without parsing them).
+  """
+  if batch_size <= 0 or process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(f'bad sharding: batch_size={batch_size}, process_index={process_index}, '
+                     f'process_count={process_count}.')
+  num_examples = _cardinality(source)
+  global_batch = batch_size * process_count
+  start = start_batch * global_batch
+  first_epoch = start // num_examples
+
+  def epoch(e):
+    # A distinct shuffle seed per (seed, epoch) pair (for seeds below 1e6).
+    return source.shuffle(shuffle_buffer, seed=seed * 1_000_003 + e + 1,
+                          reshuffle_each_iteration=False)
+
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+  ds = ds.enumerate(start=first_epoch * num_examples).skip(start - first_epoch * num_examples)
+  if process_count > 1:
+    ds = ds.filter(lambda j, _: (j % global_batch) // batch_size == process_index)
 
   def parse(index, example):
     return parser.parse_train(example, tf.stack([tf.cast(seed, tf.int64), index]), config)
@@ -50,15 +72,58 @@ def train_dataset(source: tf.data.Dataset, batch_size: int, config: parser.Parse
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
+def _cardinality(source: tf.data.Dataset) -> int:
+  n = int(source.cardinality())
+  if n == tf.data.INFINITE_CARDINALITY:
+    raise ValueError('the training source must be finite (one epoch); it is infinite.')
+  if n == tf.data.UNKNOWN_CARDINALITY:
+    n = int(source.reduce(np.int64(0), lambda count, _: count + 1))
+  if n == 0:
+    raise ValueError('the training source is empty.')
+  return n
+
+
 def eval_dataset(source: tf.data.Dataset, batch_size: int, config: parser.ParserConfig,
-                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """One pass over this process's shard; the last batch is padded with dummy examples."""
+                 process_index: int = 0, process_count: int = 1,
+                 num_batches: int | None = None) -> tf.data.Dataset:
+  """One pass over this process's shard, completed with dummy examples (source_id -1).
+
+  Without `num_batches` only the last batch is completed; with it every process yields exactly
+  `num_batches` batches (see `eval_num_batches`), as collective programs need on many hosts.
+  """
   ds = source.shard(process_count, process_index).map(
       lambda example: parser.parse_eval(example, config), num_parallel_calls=tf.data.AUTOTUNE)
   dummy = ds.take(1).map(lambda e: dict(e, source_id=tf.constant(DUMMY_SOURCE_ID, tf.int64)))
-  ds = ds.concatenate(dummy.repeat(batch_size - 1)) if batch_size > 1 else ds
+  if num_batches is not None:
+    ds = ds.concatenate(dummy.repeat()).take(num_batches * batch_size)
+  elif batch_size > 1:
+    ds = ds.concatenate(dummy.repeat(batch_size - 1))
   return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(
       _options())
+
+
+def eval_num_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+  """Batches per process that cover the largest of `process_count` round-robin shards."""
+  per_process = -(-num_examples // process_count)
+  return max(1, -(-per_process // batch_size))
+
+
+def check_batch_size(global_batch: int, num_devices: int, num_processes: int = 1,
+                     name: str = 'config.train.global_batch_size') -> int:
+  """This process's share of `global_batch`; ValueError unless it splits evenly over the devices.
+
+  A batch sharded over the mesh's data axis needs the same number of examples on every device,
+  and `to_global` assembles it from equal per-process shares. `name` is the config key reported.
+  """
+  if num_devices <= 0 or num_processes <= 0 or num_devices % num_processes:
+    raise ValueError(f'{num_devices} devices cannot be split evenly over {num_processes} '
+                     'processes.')
+  if global_batch <= 0 or global_batch % num_devices:
+    multiple = f'a positive multiple of {num_devices}'
+    raise ValueError(f'{name}={global_batch} must be {multiple}: the batch is split evenly over '
+                     f'{num_devices} devices ({num_processes} processes). Set {name} to '
+                     f'{multiple}, e.g. {max(1, round(global_batch / num_devices)) * num_devices}.')
+  return global_batch // num_processes
 
 
 def to_global(batch: dict, mesh: Mesh, axis: str = 'data') -> dict:

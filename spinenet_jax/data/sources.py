@@ -4,7 +4,8 @@ All three give tf.data examples in the format `parser.py` expects (that of TFDS 
   {'image': uint8 [H, W, 3] RGB, 'image/filename': string, 'image/id': int64,
    'objects': {'id': int64 [N], 'area': float32 [N],
                'bbox': float32 [N, 4] normalized [ymin, xmin, ymax, xmax],
-               'label': int64 [N] COCO category ids, 'is_crowd': bool [N]}}.
+               'label': int64 [N] COCO category ids, 'is_crowd': bool [N],
+               'mask': uint8 [N, H, W, 1] values 0/1 (COCO folders built with include_masks)}}.
 Labels are the category ids of the json (COCO: 1..90, with gaps), not contiguous indices, because
 the official RetinaNet classifies over `max id + 1` classes (91 for COCO). TFDS coco/2017 stores
 contiguous indices 0..79, so `load_coco2017` maps them back through `COCO_CATEGORY_IDS`.
@@ -14,6 +15,15 @@ the split -> (images dir, json) paths. Real folders hold bad files, so generatio
 image: corrupt or truncated images are skipped, grayscale / RGBA / palette images converted to RGB,
 boxes clipped to the image (and dropped when that leaves them empty), each case counted and logged
 with the file name, with a summary per split. Missing paths fail before any generation starts.
+
+Instance masks are an option of the folder (`include_masks`, off by default), stored as one
+full-image PNG per object (values 0/1, as the official tf.Examples' `image/object/mask`). Off, the
+segmentations are not even read: masks would add generation time (rasterizing ~860k COCO train
+polygons), disk, and about 1 ms of PNG decoding per mask to every read unless each reader
+remembered to skip the feature, all for nothing in detection-only (RetinaNet) training. On, a
+segmentation that cannot be decoded drops its object (counted, logged with the file name and
+annotation id): a Mask R-CNN target for it would be wrong; one that decodes to no pixel is kept
+(counted), as the official tf.Examples keep such objects too.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from spinenet_jax.data import synthetic
+from spinenet_jax.data import coco_masks, synthetic
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +60,9 @@ COCO_NUM_CLASSES = 91  # max id + 1, as the official configs
 
 @dataclasses.dataclass(eq=False)
 class CocoFolderConfig(tfds.core.BuilderConfig):
-  """A named COCO-format folder: {split: (images dir, instances json path)}."""
+  """A named COCO-format folder: {split: (images dir, instances json path)}, masks or not."""
   splits: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+  include_masks: bool = False
 
 
 @dataclasses.dataclass
@@ -65,6 +76,8 @@ class SplitStats:
   dropped_boxes: int = 0          # boxes empty (after clipping), malformed or of unknown category
   images_without_objects: int = 0
   crowd_only_images: int = 0
+  bad_masks: int = 0              # with include_masks: undecodable segmentation (object dropped)
+  empty_masks: int = 0            # with include_masks: segmentation with no pixel (object kept)
 
 
 class CocoFolder(tfds.core.GeneratorBasedBuilder):
@@ -81,17 +94,20 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
     self.stats: dict[str, SplitStats] = {}
 
   def _info(self) -> tfds.core.DatasetInfo:
+    objects = {
+        'id': np.int64,
+        'area': np.float32,
+        'bbox': tfds.features.BBoxFeature(),
+        'label': np.int64,
+        'is_crowd': np.bool_,
+    }
+    if self.builder_config.include_masks:
+      objects['mask'] = tfds.features.Image(shape=(None, None, 1), encoding_format='png')
     features = tfds.features.FeaturesDict({
         'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
         'image/filename': tfds.features.Text(),
         'image/id': np.int64,
-        'objects': tfds.features.Sequence({
-            'id': np.int64,
-            'area': np.float32,
-            'bbox': tfds.features.BBoxFeature(),
-            'label': np.int64,
-            'is_crowd': np.bool_,
-        }),
+        'objects': tfds.features.Sequence(objects),
     })
     return tfds.core.DatasetInfo(builder=self, features=features,
                                  metadata=tfds.core.MetadataDict(),
@@ -123,22 +139,25 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
         log.warning('%s: skipped, image id %s is listed twice', info['file_name'], info['id'])
         continue
       seen.add(info['id'])
-      example = _example(images_dir, info, by_image[info['id']], category_ids, stats)
+      example = _example(images_dir, info, by_image[info['id']], category_ids, stats,
+                         self.builder_config.include_masks)
       if example is not None:
         stats.images += 1
         yield info['id'], example
     log.info('coco folder split %r: %s', split, dataclasses.asdict(stats))
 
 
-def build_coco_folder(name: str, splits: Mapping[str, tuple[str, str]],
-                      data_dir: str) -> CocoFolder:
+def build_coco_folder(name: str, splits: Mapping[str, tuple[str, str]], data_dir: str,
+                      include_masks: bool = False) -> CocoFolder:
   """A TFDS builder of COCO-format splits {split: (images dir, instances json)} under `data_dir`.
 
   Call `download_and_prepare()` then `as_dataset(split=...)`. Prepared data lives in
-  `<data_dir>/coco_folder/<name>/1.0.0` and is reused as is: give another name to other content.
-  Missing paths raise FileNotFoundError when preparing, before any example is generated.
+  `<data_dir>/coco_folder/<name>/1.0.0` (`<name>_masks` with `include_masks`, which adds the
+  `objects/mask` feature) and is reused as is: give another name to other content. Missing paths
+  raise FileNotFoundError when preparing, before any example is generated.
   """
-  config = CocoFolderConfig(name=name, version=CocoFolder.VERSION,
+  config = CocoFolderConfig(name=f'{name}_masks' if include_masks else name,
+                            version=CocoFolder.VERSION, include_masks=include_masks,
                             splits={k: (os.fspath(v[0]), os.fspath(v[1]))
                                     for k, v in splits.items()})
   return CocoFolder(config=config, data_dir=data_dir)
@@ -183,7 +202,7 @@ def _merge_categories(lists: list[list[dict]]) -> dict[int, str]:
 
 
 def _example(images_dir: str, info: dict, annotations: list[dict], category_ids: set[int],
-             stats: SplitStats) -> dict | None:
+             stats: SplitStats, include_masks: bool = False) -> dict | None:
   """The TFDS example of one json image, or None when its file cannot be decoded."""
   name = info['file_name']
   image = _load_image(os.path.join(images_dir, name), stats)
@@ -195,7 +214,8 @@ def _example(images_dir: str, info: dict, annotations: list[dict], category_ids:
     log.warning('%s: size %dx%d differs from the json %sx%s; using the decoded size', name,
                 height, width, info.get('height'), info.get('width'))
   objects = [obj for ann in annotations
-             if (obj := _object(ann, height, width, category_ids, name, stats)) is not None]
+             if (obj := _object(ann, height, width, category_ids, name, stats)) is not None
+             and (not include_masks or _add_mask(obj, ann, height, width, name, stats))]
   if not objects:
     stats.images_without_objects += 1
     log.info('%s: no objects', name)
@@ -203,7 +223,7 @@ def _example(images_dir: str, info: dict, annotations: list[dict], category_ids:
     stats.crowd_only_images += 1
     log.info('%s: only crowd objects', name)
   return {'image': encoded, 'image/filename': name, 'image/id': info['id'],
-          'objects': _stack(objects)}
+          'objects': _stack(objects, include_masks)}
 
 
 def _load_image(path: str, stats: SplitStats) -> tuple[bytes, tuple[int, int]] | None:
@@ -258,13 +278,32 @@ def _object(ann: dict, height: int, width: int, category_ids: set[int], name: st
           'label': int(label), 'is_crowd': bool(ann.get('iscrowd', 0))}
 
 
-def _stack(objects: list[dict]) -> dict:
+def _add_mask(obj: dict, ann: dict, height: int, width: int, name: str,
+              stats: SplitStats) -> bool:
+  """Adds the PNG of the annotation's mask to `obj`; False (counted, logged) when undecodable."""
+  try:
+    mask = coco_masks.segmentation_mask(ann.get('segmentation'), height, width)
+  except (ValueError, TypeError) as e:
+    stats.bad_masks += 1
+    log.warning('%s: annotation %s dropped: bad segmentation: %s', name, ann.get('id'), e)
+    return False
+  if not mask.any():
+    stats.empty_masks += 1
+    log.info('%s: annotation %s has an empty mask', name, ann.get('id'))
+  obj['mask'] = coco_masks.png_mask(mask)
+  return True
+
+
+def _stack(objects: list[dict], include_masks: bool = False) -> dict:
   """A Sequence feature value; explicit empty arrays when there is no object."""
   if objects:
     return {key: [obj[key] for obj in objects] for key in objects[0]}
-  return {'id': np.zeros([0], np.int64), 'area': np.zeros([0], np.float32),
-          'bbox': np.zeros([0, 4], np.float32), 'label': np.zeros([0], np.int64),
-          'is_crowd': np.zeros([0], np.bool_)}
+  empty = {'id': np.zeros([0], np.int64), 'area': np.zeros([0], np.float32),
+           'bbox': np.zeros([0, 4], np.float32), 'label': np.zeros([0], np.int64),
+           'is_crowd': np.zeros([0], np.bool_)}
+  if include_masks:
+    empty['mask'] = []
+  return empty
 
 
 # Ready-made sources
@@ -291,10 +330,11 @@ def coco_ids_from_tfds_labels(example: dict) -> dict:
 
 
 def load_synthetic(split: str, root: str, data_dir: str, *, num_images: int | None = None,
-                   seed: int | None = None) -> tf.data.Dataset:
+                   seed: int | None = None, include_masks: bool = False) -> tf.data.Dataset:
   """The synthetic shapes split (generated under `root` if needed), built with `CocoFolder`.
 
-  Without `num_images` / `seed` the default splits of `synthetic.DEFAULT_SPLITS` are used.
+  Without `num_images` / `seed` the default splits of `synthetic.DEFAULT_SPLITS` are used. With
+  `include_masks` the examples carry `objects/mask` (exact: the synthetic masks are the pixels).
   """
   if num_images is None and seed is None:
     synthetic.generate_default(root)
@@ -305,7 +345,8 @@ def load_synthetic(split: str, root: str, data_dir: str, *, num_images: int | No
     seed = default_seed if seed is None else seed
     synthetic.generate(root, split, num_images, seed)
     name = f'synthetic_{split}_{num_images}_{seed}'
-  builder = build_coco_folder(name, _synthetic_splits(root, name, split), data_dir)
+  builder = build_coco_folder(name, _synthetic_splits(root, name, split), data_dir,
+                              include_masks=include_masks)
   builder.download_and_prepare()
   return builder.as_dataset(split=split)
 

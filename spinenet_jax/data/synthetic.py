@@ -46,8 +46,13 @@ import numpy as np
 from PIL import Image
 
 # Re-exported: the mask encodings live in coco_masks.
-from spinenet_jax.data.coco_masks import (  # noqa: F401
-    as_polygon, mask_polygons, rasterize, tight_bbox, uncompressed_rle)
+from spinenet_jax.data.coco_masks import (
+  as_polygon,
+  mask_polygons,
+  rasterize,
+  tight_bbox,
+  uncompressed_rle,
+)
 
 GENERATOR_VERSION = 1
 CATEGORIES: tuple[dict, ...] = (

@@ -1,0 +1,59 @@
+"""The paper's training protocols as changes to a model config (`configs/spinenet<id>.py`).
+
+Facts from the official repo (tensorflow/tpu models/official/detection/configs/spinenet/): the
+committed RetinaNet yamls are protocol C; their header comments hold protocol B; no file is
+protocol A (DropBlock is never on in the official SpineNet), so A follows the paper's text.
+Steps are the yamls' own numbers where they exist, else epochs * 118,287 / 256 (COCO train2017,
+batch 256), with the decays at the last 30 and 10 epochs as MODEL_ZOO describes.
+"""
+
+COCO_TRAIN_IMAGES = 118287
+BATCH = 256
+
+
+def steps(epochs: float) -> int:
+  return round(epochs * COCO_TRAIN_IMAGES / BATCH)
+
+
+def _schedule(config, total: int, decay_steps: tuple[int, int], lr: float = 0.28):
+  t = config.train
+  t.global_batch_size = BATCH
+  t.total_steps = total
+  t.init_learning_rate = lr
+  t.warmup_steps = 2000
+  t.warmup_learning_rate = 0.0067
+  t.learning_rate_steps = decay_steps
+  t.learning_rate_levels = (lr / 10, lr / 100)
+  t.gradient_clip_norm = 10.0
+  return config
+
+
+def protocol_a(config):
+  """Scale jitter [0.8, 1.2], 250 epochs, DropBlock (keep 0.9, block 7), relu, no stochastic
+  depth. Not in the official repo: the paper's text; DropBlock as in the DropBlock paper."""
+  b = config.model.backbone
+  b.activation = 'relu'
+  b.init_drop_connect_rate = None
+  b.dropblock_keep_prob = 0.9
+  b.dropblock_size = 7
+  config.input.aug_scale_min, config.input.aug_scale_max = 0.8, 1.2
+  return _schedule(config, steps(250), (steps(220), steps(240)))
+
+
+def protocol_b(config):
+  """Scale jitter [0.5, 2.0], 350 epochs (162,050 steps, decays at 148,160 / 157,420), relu, no
+  stochastic depth: the recipe in the header comments of the official RetinaNet yamls."""
+  b = config.model.backbone
+  b.activation = 'relu'
+  b.init_drop_connect_rate = None
+  config.input.aug_scale_min, config.input.aug_scale_max = 0.5, 2.0
+  return _schedule(config, 162050, (148160, 157420))
+
+
+def protocol_c(config, scale=(0.5, 2.0), total=231500, decay_steps=(217610, 226870), lr=0.28):
+  """Scale jitter [0.5, 2.0], 500 epochs (231,500 steps, decays at 217,610 / 226,870), swish,
+  stochastic depth (the model config's rate): the committed official RetinaNet yamls. 143 and 190
+  deviate as their yamls do (arguments)."""
+  config.model.backbone.activation = 'swish'
+  config.input.aug_scale_min, config.input.aug_scale_max = scale
+  return _schedule(config, total, decay_steps, lr)

@@ -1,0 +1,18 @@
+"""SpineNet-190 RetinaNet at 1280x1280, protocol B: scale jitter [0.5, 2.0], 350 epochs, relu, no
+stochastic depth (the header-comment recipe of the official yaml).
+Command:  python main.py --config=configs/spinenet190_b.py --workdir=gs://BUCKET/spinenet190_b \
+              --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
+Smoke:    python main.py --config=configs/spinenet190_b.py --config.smoke=True --workdir=/tmp/smoke
+Meant for: global batch 256 on a Cloud TPU v3-32 / v4-32 slice or 8+ GPUs (the official runs used
+TPUs; the slice is not recorded). Runtime: not measured by this project yet (see
+docs/benchmarks.md for step throughput).
+Expected: COCO val2017 box AP: no reported result for protocol B (the official 190 recipe is C
+          only). 163.6M parameters.
+"""
+
+from configs import protocols, spinenet190
+
+
+def get_config():
+  config = spinenet190.get_config()
+  return protocols.protocol_b(config)

@@ -1,0 +1,1 @@
+"""Evaluation: COCO box metrics with pycocotools, and drawing of detections."""

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedules, train state, train/predict steps, checkpoints, the loop."""

@@ -1,0 +1,110 @@
+"""The datasets a config asks for: sources, parser settings, per-process batches.
+
+`config.data.source` picks the source: 'coco2017' (TFDS, prepared in `tfds_data_dir`),
+'coco_folder' (any COCO-format images folder + instances json, built into TFDS format on first
+use), or 'synthetic' (the embedded dataset, generated locally). The evaluation ground truth is the
+split's instances json where there is one (`config.eval.annotation_file` overrides it); without
+one (TFDS coco/2017) it is taken from the evaluation batches, as the official code does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import tensorflow as tf
+
+from spinenet_jax.data import input_pipeline, parser, sources, synthetic
+
+SOURCES = ('coco2017', 'coco_folder', 'synthetic')
+
+
+@dataclasses.dataclass
+class Split:
+  dataset: tf.data.Dataset           # decoded examples, one pass
+  num_examples: int
+  annotation_file: str | None        # COCO instances json for evaluation, if any
+
+
+def parser_config(config) -> parser.ParserConfig:
+  c = config.input
+  return parser.ParserConfig(
+      output_size=tuple(c.image_size), max_level=config.model.backbone.max_level,
+      aug_scale_min=c.aug_scale_min, aug_scale_max=c.aug_scale_max,
+      aug_rand_hflip=c.aug_rand_hflip, skip_crowd_during_training=c.skip_crowd_during_training,
+      max_num_instances=c.max_num_instances)
+
+
+def _tfds_dir(config, workdir: str) -> str:
+  return config.data.tfds_data_dir or os.path.join(workdir, 'tfds')
+
+
+def load_split(config, which: str, workdir: str) -> Split:
+  """The 'train' or 'eval' split of `config.data`."""
+  d = config.data
+  split = d.train_split if which == 'train' else d.eval_split
+  if d.source == 'coco2017':
+    if not d.tfds_data_dir:
+      raise ValueError("config.data.tfds_data_dir must name the TFDS data_dir holding coco/2017.")
+    ds = sources.load_coco2017(split, d.tfds_data_dir)
+    annotations = None
+  elif d.source == 'coco_folder':
+    images = d.train_images if which == 'train' else d.eval_images
+    annotations = d.train_annotations if which == 'train' else d.eval_annotations
+    if not images or not annotations:
+      key = 'train' if which == 'train' else 'eval'
+      raise ValueError(f'config.data.{key}_images and config.data.{key}_annotations must be set '
+                       "for config.data.source='coco_folder'.")
+    builder = sources.build_coco_folder(d.folder_name, {split: (images, annotations)},
+                                        _tfds_dir(config, workdir))
+    builder.download_and_prepare()
+    ds = builder.as_dataset(split=split)
+  elif d.source == 'synthetic':
+    root = d.synthetic_root or os.path.join(workdir, 'synthetic')
+    ds = sources.load_synthetic(split, root, _tfds_dir(config, workdir),
+                                num_images=d.synthetic_num_images)
+    annotations = os.path.join(root, 'annotations', f'instances_{split}.json')
+  else:
+    raise ValueError(f'config.data.source must be one of {SOURCES}, got {d.source!r}.')
+  if which == 'eval' and config.eval.annotation_file:
+    annotations = config.eval.annotation_file
+  if which == 'eval' and config.eval.num_images:
+    ds = ds.take(config.eval.num_images)
+  n = int(ds.cardinality())
+  if n < 0:
+    n = int(ds.reduce(0, lambda count, _: count + 1))
+  return Split(ds, n, annotations)
+
+
+def _per_process(global_batch: int, name: str) -> int:
+  return input_pipeline.check_batch_size(global_batch, jax.device_count(), jax.process_count(),
+                                         name)
+
+
+def train_batches(config, split: Split, start_batch: int) -> tf.data.Dataset:
+  per_process = _per_process(config.train.global_batch_size, 'config.train.global_batch_size')
+  return input_pipeline.train_dataset(
+      split.dataset, per_process, parser_config(config), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      shuffle_buffer=config.data.shuffle_buffer, start_batch=start_batch)
+
+
+def eval_batches(config, split: Split) -> tf.data.Dataset:
+  per_process = _per_process(config.eval.batch_size, 'config.eval.batch_size')
+  num_batches = input_pipeline.eval_num_batches(split.num_examples, per_process,
+                                                jax.process_count())
+  return input_pipeline.eval_dataset(split.dataset, per_process, parser_config(config),
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), num_batches=num_batches)
+
+
+def category_names(config, workdir: str) -> dict[int, str]:
+  """{category id: name} for drawing predictions."""
+  if config.data.source == 'synthetic':
+    return synthetic.category_names()
+  if config.data.source == 'coco_folder' and config.data.eval_annotations:
+    import json
+    with open(config.data.eval_annotations) as f:
+      return {int(c['id']): c['name'] for c in json.load(f).get('categories', [])}
+  return {}

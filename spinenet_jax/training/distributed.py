@@ -1,0 +1,34 @@
+"""Multi-process start-up (`jax.distributed`) from flags or the environment.
+
+On Cloud TPU pods and managed clusters `jax.distributed.initialize()` finds its peers by itself
+(set SPINENET_DISTRIBUTED=1). Elsewhere give the coordinator explicitly: SPINENET_COORDINATOR
+(host:port), SPINENET_NUM_PROCESSES and SPINENET_PROCESS_ID, e.g. for several processes on one
+machine. CPU processes exchange collectives through gloo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+def initialize() -> None:
+  """Starts jax.distributed when the environment asks for it (a no-op otherwise)."""
+  coordinator = os.environ.get('SPINENET_COORDINATOR')
+  if coordinator:
+    num_processes = int(os.environ['SPINENET_NUM_PROCESSES'])
+    process_id = int(os.environ['SPINENET_PROCESS_ID'])
+    if os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  elif os.environ.get('SPINENET_DISTRIBUTED') == '1':
+    jax.distributed.initialize()
+  else:
+    return
+  log.info('jax.distributed: process %d of %d, %d local / %d global devices.',
+           jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -1,0 +1,165 @@
+"""main.py end to end (subprocesses): resume after SIGKILL and SIGTERM with identical results,
+two processes over jax.distributed agreeing with one, evaluation and prediction outputs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from spinenet_jax import model_io
+
+TIMEOUT = 900
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  """The tiny config's synthetic splits, built once (processes then only read them)."""
+  root = tmp_path_factory.mktemp('data')
+  import tiny_config
+
+  from spinenet_jax.training import data as data_lib
+  config = tiny_config.get_config()
+  _data_flags_into(config, root)
+  for which in ('train', 'eval'):
+    data_lib.load_split(config, which, str(root))
+  return root
+
+
+def _data_flags_into(config, root):
+  config.data.synthetic_root = str(root / 'synthetic')
+  config.data.tfds_data_dir = str(root / 'tfds')
+
+
+def _env(devices=1, **extra):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env.update(extra)
+  return env
+
+
+def _command(workdir, data_root, *flags):
+  return [sys.executable, os.path.join(ROOT, 'main.py'), '--config=tests/tiny_config.py',
+          f'--workdir={workdir}', f'--config.data.synthetic_root={data_root / "synthetic"}',
+          f'--config.data.tfds_data_dir={data_root / "tfds"}', *flags]
+
+
+def _run(workdir, data_root, *flags, devices=1, **env):
+  proc = subprocess.run(_command(workdir, data_root, *flags), cwd=ROOT, env=_env(devices, **env),
+                        capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  return proc
+
+
+def _params(workdir):
+  _, variables, info = model_io.load_model(os.path.join(workdir, 'model'))
+  return variables, info
+
+
+def _assert_same(a, b, exact=True):
+  import jax
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    if exact:
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+STEPS = ['--mode=train', '--config.train.total_steps=10']
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, data_root):
+  workdir = tmp_path_factory.mktemp('straight')
+  _run(workdir, data_root, *STEPS)
+  return _params(workdir)
+
+
+def _start_and_stop(workdir, data_root, sig):
+  """Starts a run and sends `sig` once its first checkpoint is complete."""
+  proc = subprocess.Popen(_command(workdir, data_root, *STEPS), cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  first = workdir / 'checkpoints' / '2'
+  deadline = time.time() + TIMEOUT
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be interrupted'
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=TIMEOUT)
+  return proc.returncode, err
+
+
+def test_resume_after_sigkill_gives_identical_parameters(tmp_path, data_root, uninterrupted):
+  code, _ = _start_and_stop(tmp_path, data_root, signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  assert not (tmp_path / 'model').exists()
+  resumed = _run(tmp_path, data_root, *STEPS)
+  assert 'Restored checkpoint of step' in resumed.stderr
+  variables, info = _params(tmp_path)
+  assert info['step'] == 10
+  _assert_same(variables, uninterrupted[0])
+
+
+def test_sigterm_saves_and_resumes_identically(tmp_path, data_root, uninterrupted):
+  code, err = _start_and_stop(tmp_path, data_root, signal.SIGTERM)
+  assert code == 0, err[-3000:]
+  assert 'Stopped at step' in err
+  stopped_at = int(err.split('Stopped at step ')[1].split()[0])
+  assert (tmp_path / 'checkpoints' / str(stopped_at)).is_dir() and stopped_at < 10
+  _run(tmp_path, data_root, *STEPS)
+  _assert_same(_params(tmp_path)[0], uninterrupted[0])
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(tmp_path, data_root):
+  flags = ['--mode=train', '--config.train.total_steps=3', '--config.train.log_every_steps=1']
+  single = tmp_path / 'single'
+  _run(single, data_root, *flags, devices=4)
+  multi = tmp_path / 'multi'
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command(multi, data_root, *flags), cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env=_env(2, SPINENET_COORDINATOR=f'localhost:{port}', SPINENET_NUM_PROCESSES='2',
+               SPINENET_PROCESS_ID=str(i))) for i in range(2)]
+  errs = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+  for p, err in zip(procs, errs):
+    assert p.returncode == 0, err[-5000:]
+  assert 'process 0 of 2' in errs[0] and 'process 1 of 2' in errs[1]
+  assert '4 global devices' in errs[0]
+  _assert_same(_params(multi)[0], _params(single)[0], exact=False)
+
+
+def test_train_and_eval_then_eval_and_predict(tmp_path, data_root):
+  _run(tmp_path, data_root, '--config.train.total_steps=2', '--config.eval.save_detections=True')
+  metrics = json.load(open(tmp_path / 'eval' / 'metrics_2.json'))
+  assert metrics['num_images'] == 8 and set(metrics) >= {'AP', 'AP50', 'ARmax100', 'APs'}
+  detections = json.load(open(tmp_path / 'eval' / 'detections_2.json'))
+  assert len(detections) == 8 * 100          # all slots, padded ones too (official)
+  _run(tmp_path, data_root, '--mode=eval')
+  again = json.load(open(tmp_path / 'eval' / 'metrics_2.json'))
+  assert again == metrics
+  images = data_root / 'synthetic' / 'val' / 'images'
+  (tmp_path / 'in').mkdir()
+  for name in sorted(os.listdir(images))[:3]:
+    (tmp_path / 'in' / name).write_bytes((images / name).read_bytes())
+  (tmp_path / 'in' / 'broken.png').write_bytes(b'not an image')
+  proc = _run(tmp_path, data_root, '--mode=predict', f'--config.predict.input_dir={tmp_path / "in"}',
+              '--config.init_checkpoint=' + str(tmp_path / 'model'))
+  out = tmp_path / 'predictions'
+  assert len(json.load(open(out / 'images.json'))) == 3
+  assert len([f for f in os.listdir(out) if f.endswith('.png')]) == 3
+  assert 'broken.png' in proc.stderr

@@ -1,0 +1,162 @@
+"""Training pieces: schedules, the optimizer, the train step, data parallelism, checkpoints."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from training_helpers import random_batch, tiny_config
+
+from spinenet_jax.training import checkpoints as ckpt_lib
+from spinenet_jax.training import loop, settings
+from spinenet_jax.training import optimizer as opt_lib
+
+
+def test_step_schedule_hand_computed():
+  lr = opt_lib.step_schedule(0.28, 2000, 0.0067, (217610, 226870), (0.028, 0.0028))
+  np.testing.assert_allclose(
+      [float(lr(s)) for s in (0, 1000, 1999, 2000, 217609, 217610, 226870, 231499)],
+      [0.0067, 0.0067 + 0.5 * (0.28 - 0.0067), 0.0067 + 1999 / 2000 * (0.28 - 0.0067), 0.28,
+       0.28, 0.028, 0.0028, 0.0028], rtol=1e-6)
+
+
+def test_cosine_schedule_hand_computed():
+  lr = opt_lib.cosine_schedule(0.1, 10, 0.0, 110)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 60, 110, 200)],
+                             [0.0, 0.05, 0.1, 0.05, 0.0, 0.0], atol=1e-7)
+
+
+def test_schedule_rejects_mismatched_levels():
+  with pytest.raises(ValueError, match='same length'):
+    opt_lib.step_schedule(0.1, 0, 0.0, (10, 20), (0.01,))
+
+
+def test_sgd_momentum_is_tf_momentum_optimizer():
+  # TF MomentumOptimizer: accum = 0.9 accum + g; w -= lr accum (lr 0.1, no clipping).
+  config = tiny_config(warmup_steps=0, init_learning_rate=0.1, learning_rate_steps=(),
+                       learning_rate_levels=(), gradient_clip_norm=0.0)
+  tx = opt_lib.make_optimizer(config.train)
+  w = jnp.array([1.0, -2.0])
+  state = tx.init(w)
+  accum = np.zeros(2)
+  expected = np.array([1.0, -2.0])
+  for g in ([0.5, 1.0], [-1.0, 2.0], [0.25, 0.0]):
+    updates, state = tx.update(jnp.array(g), state, w)
+    w = optax.apply_updates(w, updates)
+    accum = 0.9 * accum + np.array(g)
+    expected = expected - 0.1 * accum
+  np.testing.assert_allclose(np.asarray(w), expected, rtol=1e-6)
+
+
+def test_clipping_by_global_norm():
+  config = tiny_config(warmup_steps=0, init_learning_rate=1.0, learning_rate_steps=(),
+                       learning_rate_levels=(), gradient_clip_norm=10.0, momentum=0.0)
+  tx = opt_lib.make_optimizer(config.train)
+  g = {'a': jnp.array([30.0, 0.0]), 'b': jnp.array([40.0])}      # norm 50 -> scaled by 1/5
+  updates, _ = tx.update(g, tx.init(g))
+  np.testing.assert_allclose(np.asarray(updates['a']), [-6.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(updates['b']), [-8.0], rtol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def trainer_and_state():
+  trainer = loop.Trainer(settings.finalize(tiny_config()), loop.make_mesh(jax.devices()[:1]))
+  return trainer, trainer.new_state()
+
+
+def test_train_step_learns_and_counts(trainer_and_state):
+  trainer, state = trainer_and_state
+  state = jax.tree_util.tree_map(jnp.copy, state)
+  batch = random_batch()
+  losses = []
+  for _ in range(4):
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics['model_loss']))
+  assert int(state.step) == 4 and int(state.nonfinite_step) == -1
+  assert losses[-1] < losses[0], losses
+  assert float(metrics['l2_loss']) > 0 and float(metrics['num_positives']) > 0
+
+
+def test_nonfinite_loss_skips_the_update_and_names_the_step(trainer_and_state):
+  trainer, state = trainer_and_state
+  state = jax.tree_util.tree_map(jnp.copy, state)
+  before = jax.device_get(state.params)
+  bad = random_batch()
+  bad['images'][0, 0, 0, 0] = np.nan
+  state, _ = trainer.train_step(state, random_batch())
+  after_good = jax.device_get(state.params)
+  state, metrics = trainer.train_step(state, bad)
+  assert not np.isfinite(float(metrics['total_loss']))
+  assert int(state.nonfinite_step) == 1 and int(state.step) == 2
+  for a, b in zip(jax.tree_util.tree_leaves(after_good), jax.tree_util.tree_leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                        jax.tree_util.tree_leaves(after_good)))
+  with pytest.raises(loop.NonFiniteLossError, match='at step 1;.*step 7'):
+    loop._check_finite(state, 7)
+
+
+def test_eight_devices_match_one(trainer_and_state):
+  assert jax.device_count() == 8
+  one, state = trainer_and_state
+  eight = loop.Trainer(one.config, loop.make_mesh())
+  s1 = jax.tree_util.tree_map(jnp.copy, state)
+  s8 = jax.device_put(jax.device_get(state), eight.replicated)
+  for seed in range(3):
+    batch = random_batch(seed=seed)
+    s1, m1 = one.train_step(s1, batch)
+    s8, m8 = eight.train_step(s8, batch)
+    assert len(jax.tree_util.tree_leaves(s8.params)[0].sharding.device_set) == 8
+    for k in ('total_loss', 'cls_loss', 'box_loss'):
+      np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(s1)),
+                  jax.tree_util.tree_leaves(jax.device_get(s8))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_half_written_and_unreadable_checkpoints_fall_back(tmp_path, caplog):
+  directory = str(tmp_path / 'checkpoints')
+  tree = {'w': jnp.arange(4.0), 'step': jnp.array(0)}
+  ckpt = ckpt_lib.Checkpoints(directory, keep=5)
+  for step in (1, 2, 3):
+    ckpt.save(step, {'w': tree['w'] * step, 'step': jnp.array(step)}, {'step': step})
+  ckpt.close()
+  # Step 3 loses its array data (a torn copy); step 4 never finished (orbax's temporary folder).
+  for root, _, files in os.walk(os.path.join(directory, '3', 'state')):
+    for name in files:
+      if not name.startswith('_'):
+        os.remove(os.path.join(root, name))
+  os.makedirs(os.path.join(directory, '4.orbax-checkpoint-tmp-123'))
+  with caplog.at_level(logging.WARNING):
+    ckpt = ckpt_lib.Checkpoints(directory, keep=5)
+    state, meta = ckpt.restore_latest(tree)
+  ckpt.close()
+  assert meta == {'step': 2} and int(state['step']) == 2
+  np.testing.assert_array_equal(np.asarray(state['w']), np.arange(4.0) * 2)
+  text = caplog.text
+  assert 'incomplete checkpoint' in text and '4.orbax-checkpoint-tmp-123' in text
+  assert 'step 3' in text and 'cannot be read' in text
+
+
+def test_config_checks_name_the_key():
+  config = tiny_config()
+  config.input.image_size = (200, 256)
+  with pytest.raises(ValueError, match=r'config.input.image_size=\(200, 256\)'):
+    settings.finalize(config)
+  from spinenet_jax.training import data as data_lib
+  with pytest.raises(ValueError, match='global_batch_size=12 must be a positive multiple of 8'):
+    data_lib._per_process(12, 'config.train.global_batch_size')
+
+
+def test_bfloat16_compute_trains_with_float32_parameters():
+  config = tiny_config()
+  config.model.dtype = 'bfloat16'
+  trainer = loop.Trainer(settings.finalize(config), loop.make_mesh(jax.devices()[:1]))
+  state = trainer.new_state()
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
+  state, metrics = trainer.train_step(state, random_batch())
+  assert np.isfinite(float(metrics['total_loss'])) and int(state.nonfinite_step) == -1
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
