@@ -2,7 +2,8 @@
 
 Command (a fresh machine, no download; the README's first command):
   python main.py --config=configs/demo.py --workdir=/tmp/spinenet_demo
-Hardware: 2 CPU cores. Measured (2026-11-22): 18.6 minutes wall, data generation and compilation
+Hardware: 2 CPU cores.
+Expected: measured (2026-11-22): 18.6 minutes wall, data generation and compilation
 included; box AP 0.20, AP50 0.32, AR100 0.50 on the synthetic validation split (64 images). The
 goal is AP50 >= 0.5 within 20 minutes: not reached yet (docs/demo.md has the curve and what limits
 it: the boxes are found, the six shapes are not yet told apart).

@@ -24,8 +24,10 @@ def initialize() -> None:
     process_id = int(os.environ['SPINENET_PROCESS_ID'])
     if os.environ.get('JAX_PLATFORMS', '') == 'cpu':
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # A generous shutdown barrier: process 0 alone writes the final model, and on a loaded
+    # machine the others can reach the end minutes apart.
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, shutdown_timeout_seconds=1800)
   elif os.environ.get('SPINENET_DISTRIBUTED') == '1':
     jax.distributed.initialize()
   else:
