@@ -49,10 +49,10 @@ def train_dataset(source: tf.data.Dataset, batch_size: int, config: parser.Parse
   if batch_size <= 0 or process_count <= 0 or not 0 <= process_index < process_count:
     raise ValueError(f'bad sharding: batch_size={batch_size}, process_index={process_index}, '
                      f'process_count={process_count}.')
-  num_examples = _cardinality(source)
+  total = num_examples(source)
   global_batch = batch_size * process_count
   start = start_batch * global_batch
-  first_epoch = start // num_examples
+  first_epoch = start // total
 
   def epoch(e):
     # A distinct shuffle seed per (seed, epoch) pair (for seeds below 1e6).
@@ -60,7 +60,7 @@ def train_dataset(source: tf.data.Dataset, batch_size: int, config: parser.Parse
                           reshuffle_each_iteration=False)
 
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
-  ds = ds.enumerate(start=first_epoch * num_examples).skip(start - first_epoch * num_examples)
+  ds = ds.enumerate(start=first_epoch * total).skip(start - first_epoch * total)
   if process_count > 1:
     ds = ds.filter(lambda j, _: (j % global_batch) // batch_size == process_index)
 
@@ -72,14 +72,15 @@ def train_dataset(source: tf.data.Dataset, batch_size: int, config: parser.Parse
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def _cardinality(source: tf.data.Dataset) -> int:
+def num_examples(source: tf.data.Dataset) -> int:
+  """Examples in one pass of a finite source (counted once if tf.data does not know)."""
   n = int(source.cardinality())
   if n == tf.data.INFINITE_CARDINALITY:
-    raise ValueError('the training source must be finite (one epoch); it is infinite.')
+    raise ValueError('the source must be finite (one epoch); it is infinite.')
   if n == tf.data.UNKNOWN_CARDINALITY:
     n = int(source.reduce(np.int64(0), lambda count, _: count + 1))
   if n == 0:
-    raise ValueError('the training source is empty.')
+    raise ValueError('the source is empty.')
   return n
 
 

@@ -37,18 +37,9 @@ class Checkpoints:
       log.warning('Ignoring incomplete checkpoint %s (the run stopped while writing it); it will '
                   'be removed and the previous checkpoint used.', path)
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
-  def all_steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
-
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return self.manager.save(step, args=args, force=force)
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
 
   def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
     """(state, meta) of the newest readable checkpoint, arrays placed as in `like`; None if none.

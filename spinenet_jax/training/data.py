@@ -10,6 +10,7 @@ one (TFDS coco/2017) it is taken from the evaluation batches, as the official co
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -71,10 +72,7 @@ def load_split(config, which: str, workdir: str) -> Split:
     annotations = config.eval.annotation_file
   if which == 'eval' and config.eval.num_images:
     ds = ds.take(config.eval.num_images)
-  n = int(ds.cardinality())
-  if n < 0:
-    n = int(ds.reduce(0, lambda count, _: count + 1))
-  return Split(ds, n, annotations)
+  return Split(ds, input_pipeline.num_examples(ds), annotations)
 
 
 def _per_process(global_batch: int, name: str) -> int:
@@ -104,7 +102,6 @@ def category_names(config, workdir: str) -> dict[int, str]:
   if config.data.source == 'synthetic':
     return synthetic.category_names()
   if config.data.source == 'coco_folder' and config.data.eval_annotations:
-    import json
     with open(config.data.eval_annotations) as f:
       return {int(c['id']): c['name'] for c in json.load(f).get('categories', [])}
   return {}

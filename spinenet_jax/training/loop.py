@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -256,7 +257,6 @@ def _export(config, trainer: Trainer, state, workdir: str, step: int) -> None:
   """The final weights as a model checkpoint (`workdir/model`), for eval, predict and export."""
   directory = os.path.join(workdir, 'model')
   if os.path.exists(directory):
-    import shutil
     shutil.rmtree(directory)
   model_io.save_model(directory, trainer.model.config, host(_variables(state)),
                       {'step': step, 'source': 'spinenet_jax training', 'workdir': workdir})
@@ -277,10 +277,10 @@ def evaluate(model: RetinaNet, variables: dict, mesh: Mesh, config, split: data_
     detections = predict(variables, batch)
     keep = {k: batch[k] for k in ('image_info', 'source_id', 'gt_boxes', 'gt_classes',
                                   'gt_is_crowd')}
-    host = _gather({'detections': detections, **keep})
+    fetched = _gather({'detections': detections, **keep})
     if jax.process_index() == 0:
-      evaluator.update(host['detections'], host['image_info'], host['source_id'],
-                       {k: host[k] for k in ('gt_boxes', 'gt_classes', 'gt_is_crowd')})
+      evaluator.update(fetched['detections'], fetched['image_info'], fetched['source_id'],
+                       {k: fetched[k] for k in ('gt_boxes', 'gt_classes', 'gt_is_crowd')})
   if jax.process_index() != 0:
     return {}
   metrics = evaluator.evaluate()

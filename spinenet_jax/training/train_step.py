@@ -45,7 +45,8 @@ def init_state(model: RetinaNet, tx: optax.GradientTransformation, image_size: t
 
 
 def level_anchors(model: RetinaNet, image_size: tuple[int, int]) -> tuple[np.ndarray, dict]:
-  """Anchors [N, 4] and per level {L: [H, W, A*4]} for the (padded) input size."""
+  """Anchors [N, 4] and per level {L: [H, W, A*4]} for the (padded) input size, as numpy arrays:
+  the jitted steps embed them as constants (host-local, so also right on many hosts)."""
   config = model.config.anchors
   boxes = anchor_ops.generate_anchors(config, image_size)
   return boxes, anchor_ops.unpack_levels(boxes, config, image_size)
@@ -62,14 +63,13 @@ def make_train_step(model: RetinaNet, tx: optax.GradientTransformation,
     out, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                batch['images'], train=True, mutable=['batch_stats'],
                                rngs={'dropout': rng})
-    labels = target_assigner.label_batch(jnp.asarray(boxes), batch['gt_boxes'],
+    labels = target_assigner.label_batch(boxes, batch['gt_boxes'],
                                          batch['gt_classes'])
     cls_targets = anchor_ops.unpack_levels(labels.cls_targets[..., None], anchor_config,
                                            image_size)
     box_targets = anchor_ops.unpack_levels(labels.box_targets, anchor_config, image_size)
     terms = losses.retinanet_loss(out['cls_outputs'], out['box_outputs'], cls_targets,
-                                  box_targets, labels.num_positives, loss_config,
-                                  {k: jnp.asarray(v) for k, v in per_level.items()})
+                                  box_targets, labels.num_positives, loss_config, per_level)
     l2 = losses.l2_regularization(params, loss_config.l2_weight_decay)
     total = terms['model_loss'] + l2
     aux = dict(terms, l2_loss=l2, total_loss=total,
@@ -109,7 +109,6 @@ def make_predict_step(model: RetinaNet, detection_config: postprocess.DetectionC
     out = model.apply(variables, batch['images'], train=False)
     canvas = batch['image_info'][:, 1, :]          # output size, as the official generator clips
     return postprocess.generate_detections(
-        out['cls_outputs'], out['box_outputs'], {k: jnp.asarray(v) for k, v in per_level.items()},
-        canvas, num_classes, detection_config)
+        out['cls_outputs'], out['box_outputs'], per_level, canvas, num_classes, detection_config)
 
   return predict_step
