@@ -112,6 +112,11 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       eval_every_steps=0,              # 0: evaluate only at the end (mode train_and_eval)
       profile=False,                   # a 5-step profiler trace in the workdir (TensorBoard)
+      # Progressive resizing (not in the official recipe): the first low_res_steps steps train on
+      # low_res_image_size inputs, about (size ratio)^2 cheaper; the rest, and evaluation, at
+      # config.input.image_size. 0 turns it off.
+      low_res_steps=0,
+      low_res_image_size=(128, 128),
   ))
   config.eval = ml_collections.ConfigDict(dict(
       batch_size=8,                    # global; official eval_batch_size 8

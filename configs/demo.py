@@ -21,6 +21,9 @@ def get_config():
   b.endpoints_num_filters = 64
   b.block_repeats = 1
   b.activation = 'swish'
+  # A short run: the official 0.997 leaves the moving statistics hundreds of steps behind the
+  # weights (re-estimating them lifted the 700-step model's AP50 from 0.32 to 0.39).
+  config.model.norm.momentum = 0.99
   config.model.head.num_convs = 1
   config.model.head.num_filters = 32
   config.model.head.num_classes = 9
@@ -36,12 +39,14 @@ def get_config():
 
   t = config.train
   t.global_batch_size = 16
-  t.total_steps = 700
+  t.total_steps = 1600
+  t.low_res_steps = 1200                    # progressive resizing: 4x cheaper steps at 128x128
+  t.low_res_image_size = (128, 128)
   t.init_learning_rate = 0.12
   t.warmup_steps = 100
   t.warmup_learning_rate = 0.0067
-  t.learning_rate_steps = (560, 660)
-  t.learning_rate_levels = (0.008, 0.0008)
+  t.learning_rate_steps = (1420, 1540)
+  t.learning_rate_levels = (0.012, 0.0012)
   t.log_every_steps = 50
   t.checkpoint_every_steps = 100
   config.eval.batch_size = 16

@@ -22,6 +22,7 @@ def get_config():
   t.total_steps = 6
   t.warmup_steps = 2
   t.learning_rate_steps = (4, 5)
+  t.low_res_steps = 0
   t.log_every_steps = 2
   t.checkpoint_every_steps = 2
   config.eval.batch_size = 8

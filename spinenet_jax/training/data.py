@@ -28,10 +28,11 @@ class Split:
   annotation_file: str | None        # COCO instances json for evaluation, if any
 
 
-def parser_config(config) -> parser.ParserConfig:
+def parser_config(config, image_size: tuple[int, int] | None = None) -> parser.ParserConfig:
+  """The parser settings of `config`, at `image_size` if given (else config.input.image_size)."""
   c = config.input
   return parser.ParserConfig(
-      output_size=tuple(c.image_size), max_level=config.model.backbone.max_level,
+      output_size=tuple(image_size or c.image_size), max_level=config.model.backbone.max_level,
       aug_scale_min=c.aug_scale_min, aug_scale_max=c.aug_scale_max,
       aug_rand_hflip=c.aug_rand_hflip, skip_crowd_during_training=c.skip_crowd_during_training,
       max_num_instances=c.max_num_instances)
@@ -80,10 +81,11 @@ def _per_process(global_batch: int, name: str) -> int:
                                          name)
 
 
-def train_batches(config, split: Split, start_batch: int) -> tf.data.Dataset:
+def train_batches(config, split: Split, start_batch: int,
+                  image_size: tuple[int, int] | None = None) -> tf.data.Dataset:
   per_process = _per_process(config.train.global_batch_size, 'config.train.global_batch_size')
   return input_pipeline.train_dataset(
-      split.dataset, per_process, parser_config(config), seed=config.seed,
+      split.dataset, per_process, parser_config(config, image_size), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       shuffle_buffer=config.data.shuffle_buffer, start_batch=start_batch)
 

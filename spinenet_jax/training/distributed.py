@@ -12,6 +12,7 @@ import logging
 import os
 
 import jax
+from jax._src import distributed as jax_distributed
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +35,16 @@ def initialize() -> None:
     return
   log.info('jax.distributed: process %d of %d, %d local / %d global devices.',
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches `name` (a no-op with one process).
+
+  Uses the coordination service, not a device collective, so it may wait for minutes. Called
+  after each step function is compiled and before it first runs: the first collective of a run
+  sets up gloo's connections under a fixed 30 s deadline, which processes whose compile or data
+  loading took different times would otherwise miss.
+  """
+  if jax.process_count() == 1:
+    return
+  jax_distributed.global_state.client.wait_at_barrier(f'spinenet_{name}', timeout_s * 1000)

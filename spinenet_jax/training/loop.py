@@ -12,6 +12,8 @@ loss cover the global batch. With several processes (`jax.distributed.initialize
 from __future__ import annotations
 
 import functools
+import gc
+import itertools
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ from spinenet_jax.modeling import factory
 from spinenet_jax.modeling.retinanet import RetinaNet
 from spinenet_jax.training import checkpoints as ckpt_lib
 from spinenet_jax.training import data as data_lib
+from spinenet_jax.training import distributed
 from spinenet_jax.training import optimizer as opt_lib
 from spinenet_jax.training import preemption, settings
 from spinenet_jax.training import train_step as step_lib
@@ -99,13 +102,21 @@ class Trainer:
     self.tx = opt_lib.make_optimizer(config.train)
     self.image_size = data_lib.parser_config(config).padded_size
     self.replicated = _replicated(self.mesh)
-    step = step_lib.make_train_step(self.model, self.tx, factory.loss_config(config),
-                                    self.image_size)
-    self.train_step = jax.jit(step, in_shardings=(self.replicated, _batch_sharding(self.mesh)),
-                              out_shardings=(self.replicated, self.replicated),
-                              donate_argnums=0)
+    self._steps = {}
+    self.train_step = self.train_step_at(self.image_size)
     self._init = functools.partial(step_lib.init_state, self.model, self.tx, self.image_size,
                                    config.seed)
+
+  def train_step_at(self, image_size: tuple[int, int]):
+    """The jitted train step for inputs of `image_size` (anchors depend on it)."""
+    image_size = tuple(image_size)
+    if image_size not in self._steps:
+      step = step_lib.make_train_step(self.model, self.tx, factory.loss_config(self.config),
+                                      image_size)
+      self._steps[image_size] = jax.jit(
+          step, in_shardings=(self.replicated, _batch_sharding(self.mesh)),
+          out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    return self._steps[image_size]
 
   def abstract_state(self) -> step_lib.TrainState:
     shapes = jax.eval_shape(self._init)
@@ -185,9 +196,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
            'split: %d images.', config.model.backbone.model_id, step, total,
            config.train.global_batch_size, jax.device_count(), jax.process_count(),
            train_split.num_examples)
-  batches = input_pipeline.prefetch_to_mesh(
-      data_lib.train_batches(config, train_split, start_batch=step).as_numpy_iterator(),
-      trainer.mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_steps=config.train.log_every_steps)]
@@ -206,19 +214,25 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
     checkpoints.save(at, snapshot, _meta(config, at), force=True)
     last_saved = at
 
-  stopped = False
+  stopped, size = False, None
   with preemption.StopGuard() as guard:
     while step < total:
+      if settings.train_image_size(config, step) != size:
+        size = settings.train_image_size(config, step)
+        batches = None   # the previous phase's pipeline stops before the next one compiles
+        gc.collect()
+        batches, train_step = _start_phase(trainer, train_split, state, step, size)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = trainer.train_step(state, next(batches))
+        state, step_metrics = train_step(state, next(batches))
       step += 1
       pending.append(step_metrics)
       for hook in hooks:
         hook(step)
       if step % log_every == 0 or step == total:
         _check_finite(state, last_saved)
-        metrics = {k: float(np.mean(v)) for k, v in host(
-            jax.tree_util.tree_map(lambda *x: jnp.stack(x), *pending)).items()}
+        # Averaged on the host: stacking on device would compile anew for each count of steps.
+        fetched = host(pending)
+        metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         elapsed = time.time() - t0
         metrics.update(learning_rate=float(schedule(step - 1)),
                        images_per_sec=(step - s0) * config.train.global_batch_size / elapsed)
@@ -249,6 +263,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
   return metrics
 
 
+def _start_phase(trainer: Trainer, split: data_lib.Split, state: step_lib.TrainState,
+                 step: int, image_size: tuple[int, int]):
+  """(batches, train step) for training at `image_size` from `step` on, compiled.
+
+  The step is compiled before its first run and all processes meet at a barrier in between
+  (see distributed.barrier); the peeked first batch goes back in front of the stream.
+  """
+  config = trainer.config
+  if config.train.low_res_steps:
+    log.info('Step %d: training at %dx%d.', step, *image_size)
+  batches = input_pipeline.prefetch_to_mesh(
+      data_lib.train_batches(config, split, start_batch=step,
+                             image_size=image_size).as_numpy_iterator(), trainer.mesh)
+  first = next(batches)
+  train_step = trainer.train_step_at(image_size)
+  train_step.lower(state, first).compile()
+  distributed.barrier(f'train_step_{step}_{image_size[0]}x{image_size[1]}')
+  return itertools.chain([first], batches), train_step
+
+
 def _variables(state: step_lib.TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
@@ -272,8 +306,14 @@ def evaluate(model: RetinaNet, variables: dict, mesh: Mesh, config, split: data_
                                       drop_padded=config.eval.drop_padded_detections)
   variables = jax.device_put(variables, _replicated(mesh))
   t0 = time.time()
-  for batch in input_pipeline.prefetch_to_mesh(
-      data_lib.eval_batches(config, split).as_numpy_iterator(), mesh):
+  batches = input_pipeline.prefetch_to_mesh(
+      data_lib.eval_batches(config, split).as_numpy_iterator(), mesh)
+  first = next(batches, None)
+  if first is not None:   # compiled, then a barrier before the first collective (_gather)
+    predict.lower(variables, first).compile()
+    distributed.barrier(f'eval_{step}')
+    batches = itertools.chain([first], batches)
+  for batch in batches:
     detections = predict(variables, batch)
     keep = {k: batch[k] for k in ('image_info', 'source_id', 'gt_boxes', 'gt_classes',
                                   'gt_is_crowd')}

@@ -38,6 +38,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   t.log_every_steps = 2
   t.checkpoint_every_steps = 3
   t.eval_every_steps = 0
+  t.low_res_steps = 0
   config.smoke = False
   return config
 
@@ -47,19 +48,34 @@ def _default_scale(model_id: str) -> float:
   return scaling_for(model_id).filter_size_scale
 
 
+def _check_size(key: str, size, config) -> None:
+  size = tuple(size)
+  stride = 2 ** config.model.backbone.max_level
+  if len(size) != 2 or any(s <= 0 or s % stride for s in size):
+    raise ValueError(f'{key}={size} must be two positive multiples of 2^max_level = {stride} '
+                     '(the official code pads to them).')
+
+
+def train_image_size(config, step: int) -> tuple[int, int]:
+  """The input size that training step `step` (0-based) uses."""
+  t = config.train
+  return tuple(t.low_res_image_size if step < t.low_res_steps else config.input.image_size)
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Applies the smoke switch and checks settings that would otherwise fail deep in the run."""
   if config.get('smoke'):
     log.warning('config.smoke=True: shrinking the config for a local smoke run.')
     config = shrink(config)
-  size = tuple(config.input.image_size)
-  stride = 2 ** config.model.backbone.max_level
-  if len(size) != 2 or any(s <= 0 or s % stride for s in size):
-    raise ValueError(f'config.input.image_size={size} must be two positive multiples of '
-                     f'2^max_level = {stride} (the official code pads to them).')
+  _check_size('config.input.image_size', config.input.image_size, config)
   t = config.train
   if t.total_steps <= 0:
     raise ValueError(f'config.train.total_steps must be positive, got {t.total_steps}.')
+  if t.low_res_steps:
+    if not 0 < t.low_res_steps < t.total_steps:
+      raise ValueError(f'config.train.low_res_steps={t.low_res_steps} must be 0 (off) or between '
+                       f'1 and config.train.total_steps - 1 = {t.total_steps - 1}.')
+    _check_size('config.train.low_res_image_size', t.low_res_image_size, config)
   for key in ('log_every_steps', 'checkpoint_every_steps'):
     if t[key] <= 0:
       raise ValueError(f'config.train.{key} must be positive, got {t[key]}.')
