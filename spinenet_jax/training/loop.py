@@ -36,9 +36,8 @@ from spinenet_jax.modeling import factory
 from spinenet_jax.modeling.retinanet import RetinaNet
 from spinenet_jax.training import checkpoints as ckpt_lib
 from spinenet_jax.training import data as data_lib
-from spinenet_jax.training import distributed
+from spinenet_jax.training import distributed, preemption, settings
 from spinenet_jax.training import optimizer as opt_lib
-from spinenet_jax.training import preemption, settings
 from spinenet_jax.training import train_step as step_lib
 
 log = logging.getLogger(__name__)
