@@ -20,9 +20,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from spinenet_jax.data import preprocess
-from spinenet_jax.modeling import factory
 from spinenet_jax.training import data as data_lib
-from spinenet_jax.training import train_step as step_lib
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -57,7 +55,7 @@ def predict_folder(config, workdir: str) -> dict:
     raise FileNotFoundError(f'No {"/".join(IMAGE_SUFFIXES)} files in {input_dir}.')
   model, variables, _ = loop.load_for_eval(config, workdir)
   size = data_lib.parser_config(config).padded_size
-  predict = jax.jit(step_lib.make_predict_step(model, factory.detection_config(config), size))
+  predict = loop.predict_step_for(model, config)
   names = data_lib.category_names(config, workdir)
   images, results, skipped = [], [], 0
   batch_size = config.eval.batch_size

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -216,8 +217,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
   stopped, size = False, None
   with preemption.StopGuard() as guard:
     while step < total:
-      if settings.train_image_size(config, step) != size:
-        size = settings.train_image_size(config, step)
+      wanted = settings.train_image_size(config, step)
+      if wanted != size:
+        size = wanted
         batches = None   # the previous phase's pipeline stops before the next one compiles
         gc.collect()
         batches, train_step = _start_phase(trainer, train_split, state, step, size)
@@ -264,22 +266,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
 
 def _start_phase(trainer: Trainer, split: data_lib.Split, state: step_lib.TrainState,
                  step: int, image_size: tuple[int, int]):
-  """(batches, train step) for training at `image_size` from `step` on, compiled.
-
-  The step is compiled before its first run and all processes meet at a barrier in between
-  (see distributed.barrier); the peeked first batch goes back in front of the stream.
-  """
+  """(batches, compiled train step) for training at `image_size` from `step` on."""
   config = trainer.config
   if config.train.low_res_steps:
     log.info('Step %d: training at %dx%d.', step, *image_size)
   batches = input_pipeline.prefetch_to_mesh(
       data_lib.train_batches(config, split, start_batch=step,
                              image_size=image_size).as_numpy_iterator(), trainer.mesh)
-  first = next(batches)
   train_step = trainer.train_step_at(image_size)
-  train_step.lower(state, first).compile()
-  distributed.barrier(f'train_step_{step}_{image_size[0]}x{image_size[1]}')
-  return itertools.chain([first], batches), train_step
+  batches = _compile_then_meet(train_step, state, batches,
+                               f'train_step_{step}_{image_size[0]}x{image_size[1]}')
+  return batches, train_step
+
+
+def _compile_then_meet(jitted, first_arg, batches: Iterator[dict], name: str) -> Iterator[dict]:
+  """`batches` unchanged, once `jitted(first_arg, batch)` is compiled and all processes have met
+  at barrier `name`: gloo sets up its connections at the first collective under a fixed 30 s
+  deadline, which processes that compiled or loaded data at different speeds would miss (see
+  distributed.barrier). The peeked first batch goes back in front of the stream."""
+  first = next(batches, None)
+  if first is None:
+    return iter(())
+  jitted.lower(first_arg, first).compile()
+  distributed.barrier(name)
+  return itertools.chain([first], batches)
 
 
 def _variables(state: step_lib.TrainState) -> dict:
@@ -298,21 +308,14 @@ def _export(config, trainer: Trainer, state, workdir: str, step: int) -> None:
 def evaluate(model: RetinaNet, variables: dict, mesh: Mesh, config, split: data_lib.Split,
              workdir: str, step: int, writer=None) -> dict:
   """COCO box metrics of `variables` on `split`; written to `workdir/eval` and TensorBoard."""
-  image_size = data_lib.parser_config(config).padded_size
-  predict = jax.jit(step_lib.make_predict_step(model, factory.detection_config(config), image_size),
-                    in_shardings=(_replicated(mesh), _batch_sharding(mesh)))
+  predict = predict_step_for(model, config, mesh)
   evaluator = coco_eval.CocoEvaluator(split.annotation_file,
                                       drop_padded=config.eval.drop_padded_detections)
   variables = jax.device_put(variables, _replicated(mesh))
   t0 = time.time()
   batches = input_pipeline.prefetch_to_mesh(
       data_lib.eval_batches(config, split).as_numpy_iterator(), mesh)
-  first = next(batches, None)
-  if first is not None:   # compiled, then a barrier before the first collective (_gather)
-    predict.lower(variables, first).compile()
-    distributed.barrier(f'eval_{step}')
-    batches = itertools.chain([first], batches)
-  for batch in batches:
+  for batch in _compile_then_meet(predict, variables, batches, f'eval_{step}'):
     detections = predict(variables, batch)
     keep = {k: batch[k] for k in ('image_info', 'source_id', 'gt_boxes', 'gt_classes',
                                   'gt_is_crowd')}
@@ -336,6 +339,25 @@ def evaluate(model: RetinaNet, variables: dict, mesh: Mesh, config, split: data_
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
     writer.flush()
   return {f'eval/{k}': v for k, v in metrics.items()}
+
+
+def predict_step_for(model: RetinaNet, config, mesh: Mesh | None = None):
+  """The jitted predict step at the config's input size, batches sharded over `mesh` (if given).
+
+  The same function object for the same model, settings and mesh, so periodic evaluations and the
+  final one compile once.
+  """
+  return _jitted_predict_step(model, factory.detection_config(config),
+                              data_lib.parser_config(config).padded_size, mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_predict_step(model: RetinaNet, detection_config, image_size: tuple[int, int],
+                         mesh: Mesh | None):
+  step = step_lib.make_predict_step(model, detection_config, image_size)
+  if mesh is None:
+    return jax.jit(step)
+  return jax.jit(step, in_shardings=(_replicated(mesh), _batch_sharding(mesh)))
 
 
 def _gather(tree: Any) -> Any:
