@@ -1,4 +1,4 @@
-"""Train and evaluate SpineNet RetinaNet.
+"""Train and evaluate SpineNet detectors (config.model.type: RetinaNet).
 
   python main.py --config=configs/spinenet49_b.py --workdir=/tmp/spinenet49_b
   python main.py --config=configs/demo.py --workdir=/tmp/demo            # CPU, synthetic data
@@ -12,22 +12,23 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from spinenet_jax.training import distributed, loop
+from spinenet_jax import distributed
+from spinenet_jax.training import loop, modes
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and results go here.')
-flags.DEFINE_enum('mode', 'train_and_eval', loop.MODES, 'What to run.')
+flags.DEFINE_enum('mode', 'train_and_eval', modes.MODES, 'What to run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  loop.quiet_library_logs()
+  modes.quiet_library_logs()
   distributed.initialize()
   logging.info('mode=%s workdir=%s', FLAGS.mode, FLAGS.workdir)
   try:
-    loop.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    modes.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except loop.NonFiniteLossError as e:
     logging.error('%s', e)
     sys.exit(1)

@@ -2,6 +2,10 @@
 
 Model configs (`spinenet49.py`, ...) override this base; print any config with
 `python tools/summarize_model.py --config=configs/<file>.py`.
+
+`config.model.type` picks the detector (`spinenet_jax/detectors/`). Shared by every detector:
+`model.backbone`, `model.norm`, `model.dtype`, `input`, `data`, `train`, `eval`, `predict`.
+RetinaNet's own settings: `model.head`, `model.anchors`, `loss`, `postprocess`.
 """
 
 import ml_collections
@@ -12,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
+  config.model.type = 'retinanet'      # the detector: 'retinanet'
   # SpineNet backbone. Unset (None) scaling fields come from the model_id's scaling map.
   config.model.backbone = ml_collections.ConfigDict(dict(
       model_id='49',
@@ -78,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
       aug_rand_hflip=True,
       skip_crowd_during_training=True,
       max_num_instances=100,
+      include_masks=False,             # parse instance masks (Mask R-CNN asks for them itself)
+      mask_crop_size=112,              # official Mask R-CNN parser: 112x112 crops per object
   ))
   config.data = ml_collections.ConfigDict(dict(
       source='coco2017',               # 'coco2017' (TFDS), 'coco_folder' or 'synthetic'
@@ -106,7 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
       learning_rate_steps=(217610, 226870),
       learning_rate_levels=(0.028, 0.0028),
       momentum=0.9,
-      gradient_clip_norm=10.0,         # global norm of the batch gradient; 0 turns clipping off
+      gradient_clip_norm=10.0,         # clip norm; 0 turns clipping off
+      # 'per_replica' (official, CrossShardOptimizer): each replica group's gradient
+      # (config.loss.normalizer_group_size images; each device must hold whole groups) is clipped
+      # before the sum; 'global': one clip of the batch gradient (docs/design.md).
+      gradient_clip_mode='per_replica',
       log_every_steps=100,
       checkpoint_every_steps=1000,
       keep_checkpoints=3,

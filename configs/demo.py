@@ -47,6 +47,8 @@ def get_config():
   t.warmup_learning_rate = 0.0067
   t.learning_rate_steps = (1420, 1540)
   t.learning_rate_levels = (0.012, 0.0012)
+  # One clip of the batch gradient, as the measured demo run (docs/demo.md) was trained.
+  t.gradient_clip_mode = 'global'
   t.log_every_steps = 50
   t.checkpoint_every_steps = 100
   config.eval.batch_size = 16

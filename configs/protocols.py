@@ -25,6 +25,7 @@ def _schedule(config, total: int, decay_steps: tuple[int, int], lr: float = 0.28
   t.learning_rate_steps = decay_steps
   t.learning_rate_levels = (lr / 10, lr / 100)
   t.gradient_clip_norm = 10.0
+  t.gradient_clip_mode = 'per_replica'     # official: each replica's gradient, before the sum
   return config
 
 

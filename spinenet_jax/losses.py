@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from spinenet_jax.ops import box_ops
 
@@ -48,10 +49,12 @@ def focal_loss(logits: Array, targets: Array, alpha: float, gamma: float) -> Arr
 
 
 def huber_loss(targets: Array, outputs: Array, delta: float) -> Array:
-  """TF1 `tf.losses.huber_loss` elementwise (no division by delta)."""
-  err = jnp.abs(outputs.astype(jnp.float32) - targets)
-  quadratic = jnp.minimum(err, delta)
-  return 0.5 * quadratic**2 + delta * (err - quadratic)
+  """TF1 `tf.losses.huber_loss` elementwise (no division by delta).
+
+  `optax.losses.huber_loss(predictions, targets, delta=)` is the same formula, op for op: with
+  e = |predictions - targets|, q = min(e, delta): 0.5 q^2 + delta (e - q).
+  """
+  return optax.losses.huber_loss(outputs.astype(jnp.float32), targets, delta=delta)
 
 
 def giou_loss(pred_boxes: Array, target_boxes: Array) -> Array:

@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from spinenet_jax.modeling.retinanet import RetinaNetConfig
+from spinenet_jax.detectors import base as detectors
 from spinenet_jax.modeling.spinenet import SpineNetConfig
 
-ModelConfig = SpineNetConfig | RetinaNetConfig
+ModelConfig = Any   # SpineNetConfig, or a detector's model config (RetinaNetConfig, ...)
 
 MODEL_JSON = 'model.json'
 VARIABLES_DIR = 'variables'
@@ -26,17 +26,26 @@ FORMAT_VERSION = 1
 
 
 def config_to_dict(config: ModelConfig) -> dict:
-  if isinstance(config, RetinaNetConfig):
-    return config.to_dict()
-  return {'type': 'spinenet', 'backbone': config.to_dict()}
+  """The "model" entry of model.json: {'type': ..., ...}."""
+  if isinstance(config, SpineNetConfig):
+    return {'type': 'spinenet', 'backbone': config.to_dict()}
+  return config.to_dict()
 
 
 def config_from_dict(d: dict) -> ModelConfig:
-  if d.get('type') == 'retinanet':
-    return RetinaNetConfig.from_dict(d)
-  if d.get('type') == 'spinenet':
+  """Inverse of `config_to_dict`: a SpineNetConfig or the model config of a detector type."""
+  kind = d.get('type')
+  if kind == 'spinenet':
     return SpineNetConfig.from_dict(d['backbone'])
-  raise ValueError(f'unknown model type {d.get("type")!r}; expected "spinenet" or "retinanet".')
+  if kind not in detectors.types():
+    raise ValueError(f'unknown model type {kind!r}; expected "spinenet" or one of '
+                     f'{list(detectors.types())}.')
+  return detectors.detector_class(kind).model_config_from_dict(d)
+
+
+def model_type(config: ModelConfig) -> str:
+  """'spinenet' or the detector type of a model config (as stored in model.json)."""
+  return config_to_dict(config)['type']
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:

@@ -11,9 +11,13 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     __import__('tempfile').gettempdir(), 'spinenet_jax_test_jax_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '2')
 
+# The repository, importable here and in the tools, main.py and notebooks that tests run as
+# subprocesses, also without `pip install -e .` (requirements.txt installs it).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
 
 DATA = os.path.join(ROOT, 'tests', 'data')
 

@@ -2,18 +2,19 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
+from conftest import DATA, ROOT
 from spinenet_jax import model_io
 from spinenet_jax.interop import convert
 from spinenet_jax.interop import tf_checkpoint
-from spinenet_jax.interop.tf1_names import spinenet_tf1_names
 from test_tf1_names import official_variables
 
 
@@ -30,7 +31,11 @@ def write_tf1_checkpoint(prefix, variables):
 
 
 def official_49s_tensors(endpoints=256, with_head=True, seed=0):
-  """Random tensors named and shaped as the official 49S RetinaNet graph (+ optimizer state)."""
+  """Tensors named and shaped as the official 49S RetinaNet graph (+ optimizer state).
+
+  Every value tells which official variable it came from: the j-th variable (1-based, file order)
+  holds +-(j + U[0, 0.5)) / 1024 with random signs (moving variances positive), see `tag_of`.
+  """
   rng = np.random.default_rng(seed)
   shapes = official_variables('49S', prefix='' if with_head else 'spinenet/')
   tensors = {}
@@ -42,12 +47,17 @@ def official_49s_tensors(endpoints=256, with_head=True, seed=0):
       shape = (endpoints,)
     elif name.startswith('retinanet/') and '-0/kernel' in name:
       shape = shape[:2] + (endpoints,) + shape[3:]   # the head's first convs read the endpoints
-    tensors[name] = rng.normal(size=shape).astype(np.float32)
-    if name.endswith('variance'):
-      tensors[name] = np.abs(tensors[name]) + 0.5
+    sign = 1.0 if name.endswith('variance') else rng.choice([-1.0, 1.0], shape)
+    tag = len(tensors) + 1
+    tensors[name] = (sign * (tag + rng.uniform(0, 0.5, shape)) / 1024).astype(np.float32)
   tensors['global_step'] = np.int64(1234)
   tensors['spinenet/conv2d/kernel/Momentum'] = np.zeros_like(tensors['spinenet/conv2d/kernel'])
   return tensors
+
+
+def tag_of(value):
+  """The tag j of a value of official_49s_tensors."""
+  return int(abs(float(value)) * 1024)
 
 
 @pytest.fixture(scope='module')
@@ -63,21 +73,106 @@ def _leaf(tree, path):
   return tree
 
 
+def official_resampling_640():
+  """{block i: (block_fn, (parent 0 has a 3x3/s2 conv, parent 1 has one))} from the official
+  resampling table (tests/data/official/spinenet_block_resampling_640.txt)."""
+  table = {}
+  with open(os.path.join(DATA, 'official', 'spinenet_block_resampling_640.txt')) as f:
+    for line in f:
+      m = re.match(r'block(\d+) .* L\d (bottleneck|residual) .*: in\d+\(\S+\):(\S+); '
+                   r'in\d+\(\S+\):([^;\s]+)', line)
+      if m:
+        table[int(m.group(1))] = (m.group(2), tuple('conv3x3s2' in op for op in m.group(3, 4)))
+  assert sorted(table) == list(range(15))
+  return table
+
+
+_BN_LEAVES = {'gamma': ('params', 'scale'), 'beta': ('params', 'bias'),
+              'moving_mean': ('batch_stats', 'mean'), 'moving_variance': ('batch_stats', 'var')}
+
+
+def official_49s_location(name, resampling):
+  """(collection, path) where the official TF1 49S RetinaNet variable `name` belongs, written from
+  the spec's naming rules (official-tpu-detection.md section 7, block_repeats R = 1), independently
+  of spinenet_jax.interop.tf1_names / head_names:
+
+    spinenet/conv2d: stem; conv2d_1: projection of stem group 1's block, conv2d_2..4: its 1x1, 3x3,
+      1x1; conv2d_5..7: stem group 2's block (no projection); conv2d_8..12: endpoints 3..7.
+    spinenet/sub_policy{i}/resample_with_alpha_resample_{i}_{p}/: conv2d 1x1 reduce, conv2d_1 the
+      3x3/s2 conv only where parent p downsamples, last conv2d_k the 1x1 to target channels.
+    spinenet/sub_policy{i}/scale_permuted_block_{i+2}/: the block's convs (3 or 2 if residual).
+    retinanet/{t}_net/{t}-{i}/{kernel,bias} (shared conv i), {t}-{i}-{level}/... (per-level BN i),
+      {t}-predict/{kernel,bias}.
+  conv2d_k pairs with batch_normalization_k in each scope.
+  """
+  *scope, layer, var = name.split('/')
+  if scope[0] == 'retinanet':
+    tower = scope[1][:-len('_net')]
+    m = re.fullmatch(rf'{tower}-(\d+|predict)(?:-(\d))?', layer)
+    if m.group(1) == 'predict':
+      return 'params', ('head', f'{tower}_predict', 'conv', var)
+    if m.group(2) is None:
+      return 'params', ('head', f'{tower}_conv_{m.group(1)}', 'conv', var)
+    collection, leaf = _BN_LEAVES[var]
+    return collection, ('head', f'{tower}_norm_{m.group(1)}_level_{m.group(2)}', 'bn', leaf)
+  base, k = re.fullmatch(r'(conv2d|batch_normalization)(?:_(\d+))?', layer).groups()
+  k = int(k or 0)
+  collection, leaf = ('params', ('conv', 'kernel')) if base == 'conv2d' else (
+      _BN_LEAVES[var][0], ('norm', 'bn', _BN_LEAVES[var][1]))
+  if scope == ['spinenet']:
+    unit = ([('stem',), ('stem_group_0', 'block_0', 'projection')] +
+            [('stem_group_0', 'block_0', f'conv_{j}') for j in range(3)] +
+            [('stem_group_1', 'block_0', f'conv_{j}') for j in range(3)] +
+            [(f'endpoint_{level}',) for level in range(3, 8)])[k]
+  else:
+    i = int(re.fullmatch(r'sub_policy(\d+)', scope[1]).group(1))
+    block_fn, downsamples = resampling[i]
+    m = re.fullmatch(rf'resample_with_alpha_resample_{i}_([01])', scope[2])
+    if m:
+      p = int(m.group(1))
+      units = ['reduce'] + ['downsample'] * downsamples[p] + ['expand']
+      unit = (f'block_{i}', f'resample_{p}', units[k])
+    else:
+      assert scope[2] == f'scale_permuted_block_{i + 2}'
+      assert k < {'bottleneck': 3, 'residual': 2}[block_fn]
+      unit = (f'block_{i}', 'group', 'block_0', f'conv_{k}')
+  return collection, ('backbone',) + unit + leaf
+
+
+def assert_placed_as_official(variables, tensors, names, backbone_only=False):
+  """Every official variable's values sit where its official name says (none elsewhere)."""
+  resampling = official_resampling_640()
+  tag_to_name = {tag_of(tensors[n].flat[0]): n for n in names}
+  expected = {n: official_49s_location(n, resampling) for n in names}
+  if backbone_only:
+    expected = {n: (c, p[1:]) for n, (c, p) in expected.items()}
+  # The rules place every official variable at its own leaf, and fill every leaf of the model.
+  assert len(set(expected.values())) == len(expected)
+  assert sum(len(jax.tree_util.tree_leaves(v)) for v in variables.values()) == len(expected)
+  wrong = []
+  for name, (collection, path) in expected.items():
+    leaf = np.asarray(_leaf(variables[collection], path))
+    if not np.array_equal(leaf, tensors[name]):
+      wrong.append(f'{collection}/{"/".join(path)} should hold {name}, holds '
+                   f'{tag_to_name.get(tag_of(leaf.flat[0]), "other values")}')
+  assert not wrong, '\n'.join(wrong)
+
+
 def test_convert_places_every_tensor(tf1_checkpoint):
   prefix, tensors = tf1_checkpoint
+  official = official_variables('49S', prefix='')
+  assert len({tag_of(tensors[n].flat[0]) for n in official}) == len(official) == len(tensors) - 2
   read = tf_checkpoint.read_tf_checkpoint(prefix)
   config = convert.model_config('tf1', '49S')
   assert config.backbone.endpoints_num_filters == 128 and config.head.num_filters == 128
-  config, variables, report = convert.convert('tf1', read, config, backbone_only=True)
+  backbone, variables, report = convert.convert('tf1', read, config, backbone_only=True)
   # The released 49S checkpoints' 256-channel endpoints are read from the checkpoint.
-  assert config.endpoints_num_filters == 256
+  assert backbone.endpoints_num_filters == 256
   assert report['endpoints_num_filters_from_checkpoint'] == 256
   assert report['skipped_non_backbone'] == sum(n.startswith('retinanet/') for n in tensors)
   assert report['ignored'] == 2   # global_step and one Momentum slot
-  names = spinenet_tf1_names(variables['params'])
-  assert len(names) == sum(n.startswith('spinenet/') and 'Momentum' not in n for n in tensors)
-  for name, (collection, path) in names.items():
-    np.testing.assert_array_equal(_leaf(variables[collection], path), tensors[name])
+  assert_placed_as_official(variables, read, [n for n in official if n.startswith('spinenet/')],
+                            backbone_only=True)
 
 
 def test_full_retinanet_conversion_maps_the_head(tf1_checkpoint):
@@ -86,6 +181,7 @@ def test_full_retinanet_conversion_maps_the_head(tf1_checkpoint):
                                               convert.model_config('tf1', '49S'))
   assert report['mapped'] == len(tensors) - 2 and report['skipped_non_backbone'] == 0
   assert config.backbone.endpoints_num_filters == 256 and config.anchors.anchor_size == 3.0
+  assert_placed_as_official(variables, tensors, list(official_variables('49S', prefix='')))
   head = variables['params']['head']
   np.testing.assert_array_equal(head['class_conv_2']['conv']['kernel'],
                                 tensors['retinanet/class_net/class-2/kernel'])

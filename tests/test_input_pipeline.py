@@ -64,6 +64,14 @@ def test_eval_covers_every_example_once_with_marked_dummies():
   real = ids[ids != input_pipeline.DUMMY_SOURCE_ID]
   assert sorted(real.tolist()) == list(range(10))
   assert (ids == input_pipeline.DUMMY_SOURCE_ID).sum() == 2
+  # The evaluation ground truth for COCO metrics without a json (areas: box areas here).
+  b = batches[0]
+  assert b['gt_areas'].shape == (4, 8) and b['gt_areas'].dtype == np.float32
+  assert b['gt_original_boxes'].shape == (4, 8, 4) and b['gt_is_crowd'].shape == (4, 8)
+  boxes, valid = b['gt_original_boxes'], b['gt_classes'] > 0
+  np.testing.assert_allclose(b['gt_areas'][valid], ((boxes[..., 2] - boxes[..., 0]) *
+                                                    (boxes[..., 3] - boxes[..., 1]))[valid])
+  np.testing.assert_array_equal(b['gt_areas'][~valid], -1)
   exact = list(input_pipeline.eval_dataset(source(8), 4, CONFIG).as_numpy_iterator())
   assert len(exact) == 2 and (np.concatenate([b['source_id'] for b in exact]) >= 0).all()
 

@@ -103,16 +103,123 @@ def test_dropblock_drops_blocks_and_renormalizes():
   assert all(windows[y:y + 5, x:x + 5].max() == 1 for y, x in zip(ys, xs))
 
 
-def test_dropblock_seed_rate_is_official_formula():
-  # With a uniform input the expected fraction of seeds is gamma * valid positions / all positions.
-  keep, size, n = 0.9, 3, 16
-  gamma = (1 - keep) * n * n / size**2 / ((n - size + 1) ** 2)
-  x = jnp.ones((64, n, n, 8))
-  # A 1x1 block drops exactly the seeds; the valid region is the full map.
-  out = np.asarray(layers.dropblock(x, keep, 1, jax.random.key(3)))
-  gamma1 = (1 - keep) * n * n / 1 / (n * n)
-  assert abs((out == 0).mean() - gamma1) < 0.01
-  assert gamma == pytest.approx(0.1 * 256 / 9 / 196)
+def _map(*rows):
+  """A hand-drawn [H, W] keep mask: '#' dropped (0), '.' kept (1)."""
+  return np.array([[0.0 if c == '#' else 1.0 for c in row] for row in rows], np.float32)
+
+
+def _dropblock_with_noise(monkeypatch, x, keep_prob, block_size, noise):
+  """layers.dropblock with its uniform noise replaced by `noise` (the official op draws
+  U[0, 1) of the input's shape and seeds a block wherever a valid position's noise < gamma)."""
+  calls = []
+
+  def uniform(key, shape, dtype=jnp.float32, *args, **kwargs):
+    assert tuple(shape) == x.shape
+    calls.append(shape)
+    return jnp.asarray(noise, dtype)
+  monkeypatch.setattr(jax.random, 'uniform', uniform)
+  out = np.asarray(layers.dropblock(jnp.asarray(x), keep_prob, block_size, jax.random.key(0)))
+  assert len(calls) == 1
+  return out
+
+
+def test_dropblock_block_3_hand_computed(monkeypatch):
+  # Official gamma for keep 0.9, 8x8, block 3: 0.1 * 64 / 3^2 / (8 - 3 + 1)^2 = 0.019753.
+  gamma = 0.1 * 64 / 9 / 36
+  assert gamma == pytest.approx(0.019753, abs=1e-6)
+  noise = np.ones((2, 8, 8, 2), np.float32)
+  noise[0, 3, 4, 0] = 0.99 * gamma   # fires: drops rows 2-4, cols 3-5
+  noise[0, 5, 5, 0] = 1.01 * gamma   # just above gamma: no seed
+  noise[0, 0, 4, 1] = 0.0            # row 0 is outside the valid seeds (1 <= idx < 7): no seed
+  noise[0, 7, 7, 1] = 0.0            # row and column 7 too
+  noise[1, 6, 6, 0] = 0.0            # last valid position: rows 5-7, cols 5-7
+  noise[1, 1, 1, 1] = 0.0            # first valid position: rows 0-2, cols 0-2 ...
+  noise[1, 2, 2, 1] = 0.0            # ... and an overlapping block, rows 1-3, cols 1-3
+  expected = np.ones((2, 8, 8, 2), np.float32)
+  expected[0, :, :, 0] = _map('........',
+                              '........',
+                              '...###..',
+                              '...###..',
+                              '...###..',
+                              '........',
+                              '........',
+                              '........')
+  expected[1, :, :, 0] = _map('........',
+                              '........',
+                              '........',
+                              '........',
+                              '........',
+                              '.....###',
+                              '.....###',
+                              '.....###')
+  expected[1, :, :, 1] = _map('###.....',
+                              '####....',
+                              '####....',
+                              '.###....',
+                              '........',
+                              '........',
+                              '........',
+                              '........')
+  # 9 + 9 + 14 = 32 of 256 values dropped: the rest is scaled by 256 / 224 (fraction kept over
+  # the whole tensor, all images and channels).
+  assert expected.sum() == 224
+  x = np.arange(1, 257, dtype=np.float32).reshape(2, 8, 8, 2)
+  out = _dropblock_with_noise(monkeypatch, x, 0.9, 3, noise)
+  np.testing.assert_array_equal(out == 0, expected == 0)
+  np.testing.assert_allclose(out, x * expected * (256 / 224), rtol=1e-6)
+
+
+def test_dropblock_even_block_4_hand_computed(monkeypatch):
+  # Block 4 on 8x8: gamma = 0.1 * 64 / 16 / 5^2 = 0.016; valid seeds 4 // 2 = 2 <= idx < 8 - 3 // 2
+  # = 7. The min-pool is TF SAME with stride 1: total pad 3, 1 before and 2 after, so a seed at s
+  # drops s - 2 .. s + 1 (the block sits up-left of an even-sized seed).
+  gamma = 0.1 * 64 / 16 / 25
+  noise = np.ones((1, 8, 8, 2), np.float32)
+  noise[0, 2, 2, 0] = 0.99 * gamma   # rows 0-3, cols 0-3 (touches the top-left border)
+  noise[0, 6, 6, 0] = 0.99 * gamma   # rows 4-7, cols 4-7 (touches the bottom-right border)
+  noise[0, 6, 2, 0] = 0.99 * gamma   # rows 4-7, cols 0-3
+  noise[0, 4, 4, 0] = 1.01 * gamma   # no seed
+  noise[0, 3, 5, 1] = 0.0            # rows 1-4, cols 3-6
+  noise[0, 1, 4, 1] = 0.0            # row 1 < 2: not a valid seed
+  noise[0, 4, 7, 1] = 0.0            # column 7: not a valid seed
+  expected = np.ones((1, 8, 8, 2), np.float32)
+  expected[0, :, :, 0] = _map('####....',
+                              '####....',
+                              '####....',
+                              '####....',
+                              '########',
+                              '########',
+                              '########',
+                              '########')
+  expected[0, :, :, 1] = _map('........',
+                              '...####.',
+                              '...####.',
+                              '...####.',
+                              '...####.',
+                              '........',
+                              '........',
+                              '........')
+  # 48 + 16 = 64 of 128 dropped: the kept values are doubled.
+  assert expected.sum() == 64
+  x = np.arange(1, 129, dtype=np.float32).reshape(1, 8, 8, 2)
+  out = _dropblock_with_noise(monkeypatch, x, 0.9, 4, noise)
+  np.testing.assert_array_equal(out == 0, expected == 0)
+  np.testing.assert_allclose(out, x * expected * 2.0, rtol=1e-6)
+
+
+def test_dropblock_block_covering_the_map_hand_computed(monkeypatch):
+  # Block 7 on 5x5 maps: the block is clipped to 5, the only valid seed is the centre
+  # (2 <= idx < 3), gamma = 0.2 * 25 / 5^2 / 1 = 0.2, and a seed drops the whole map (the official
+  # reduce_min branch).
+  noise = np.ones((4, 5, 5, 1), np.float32)
+  noise[0, 2, 2, 0] = 0.99 * 0.2     # drops image 0
+  noise[1, 0, 0, 0] = 0.0            # not the centre: kept
+  noise[2, 2, 2, 0] = 1.01 * 0.2     # above gamma: kept
+  x = np.arange(1, 101, dtype=np.float32).reshape(4, 5, 5, 1)
+  out = _dropblock_with_noise(monkeypatch, x, 0.8, 7, noise)
+  expected = x * 4 / 3
+  expected[0] = 0
+  np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
 def test_dropblock_whole_map_when_block_covers_it():

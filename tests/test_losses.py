@@ -75,16 +75,32 @@ def test_retinanet_loss_global_and_per_replica_normalizers():
 
 
 def test_giou_box_loss_counts_positive_anchors_only():
+  # Anchors: 0 = [0, 0, 10, 10], 1 = [0, 0, 20, 20]. Classes (_one_level): image 0 [1, -1]
+  # (positive, negative), image 1 [-2, 2] (ignored, positive).
   cls_out, _, cls_t, _ = _one_level()
   anchors = {3: jnp.array([[[0.0, 0.0, 10.0, 10.0, 0.0, 0.0, 20.0, 20.0]]])}
   target = box_ops.encode(jnp.array([2.0, 2.0, 8.0, 8.0]), anchors[3].reshape(2, 4)[0])
+  # Targets: anchor 0 -> box [2, 2, 8, 8]; anchor 1 -> zero deltas, i.e. the anchor [0, 0, 20, 20].
   box_t = {3: jnp.concatenate([target, jnp.zeros(4)]).reshape(1, 1, 1, 8).repeat(2, 0)}
-  box_out = {3: jnp.concatenate([target, jnp.ones(4)]).reshape(1, 1, 1, 8).repeat(2, 0)}
+  # Outputs: anchor 1 predicts deltas of ones in both images (wrong for the negative of image 0
+  # and the positive of image 1); anchor 0 is perfect in image 0 (positive) and predicts the
+  # anchor itself, [0, 0, 10, 10], in image 1 (ignored).
+  box_out = {3: jnp.stack([jnp.concatenate([target, jnp.ones(4)]),
+                           jnp.concatenate([jnp.zeros(4), jnp.ones(4)])]).reshape(2, 1, 1, 8)}
   config = losses.LossConfig(num_classes=3, box_loss='giou')
   out = losses.retinanet_loss(cls_out, box_out, cls_t, box_t, jnp.array([1.0, 1.0]), config, anchors)
-  # Image 0's positive anchor has a perfect prediction; image 1's positive anchor (1) is a zero
-  # target box against a prediction of ones.
-  assert 0 < float(out['box_loss']) < 2.0 / 3
+  # Deltas of ones on [0, 0, 20, 20] (no +1 convention): centre 10 + 20 = 30, side 20e, i.e.
+  # [30 - 10e, 30 + 10e] on both axes, against the target [0, 20]: intersection side 10(e - 1),
+  # hull side 30 + 10e.
+  e = math.e
+  inter, union = (10 * (e - 1))**2, (20 * e)**2 + 20**2 - (10 * (e - 1))**2
+  hull = (30 + 10 * e)**2
+  wrong = 1 - (inter / union - (hull - union) / hull)       # 0.96760
+  assert wrong == pytest.approx(0.96760, abs=1e-5)
+  # Only image 1's anchor 1 counts; the normalizer is sum(num_positives) + 1 = 3 (no factor 4).
+  # Counting image 0's negative too gives 2 * wrong / 3 = 0.645; counting the ignored anchor
+  # (IoU 36/100, loss 0.64) gives (wrong + 0.64) / 3 = 0.536.
+  assert float(out['box_loss']) == pytest.approx(wrong / 3, rel=1e-5)
   assert float(out['model_loss']) == pytest.approx(float(out['cls_loss'] + out['box_loss']))
 
 

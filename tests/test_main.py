@@ -26,7 +26,7 @@ def data_root(tmp_path_factory):
   root = tmp_path_factory.mktemp('data')
   import tiny_config
 
-  from spinenet_jax.training import data as data_lib
+  from spinenet_jax.data import datasets as data_lib
   config = tiny_config.get_config()
   _data_flags_into(config, root)
   for which in ('train', 'eval'):

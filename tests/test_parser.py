@@ -41,6 +41,26 @@ def test_eval_parser_keeps_crowd():
   np.testing.assert_array_equal(out['gt_classes'], [1, 90, 5, -1])
   np.testing.assert_array_equal(out['gt_is_crowd'], [0, 0, 1, -1])
   np.testing.assert_allclose(out['gt_boxes'][:3], pixel_boxes * 0.32, rtol=1e-5)
+  # Evaluation ground truth in original pixels: unclipped boxes, box areas without objects/area.
+  np.testing.assert_allclose(out['gt_original_boxes'][:3], pixel_boxes, rtol=1e-5)
+  np.testing.assert_array_equal(out['gt_original_boxes'][3], -1)
+  box_areas = (pixel_boxes[:, 2] - pixel_boxes[:, 0]) * (pixel_boxes[:, 3] - pixel_boxes[:, 1])
+  assert out['gt_areas'].dtype == tf.float32
+  np.testing.assert_allclose(out['gt_areas'], [*box_areas, -1], rtol=1e-5)
+
+
+def test_eval_parser_carries_the_dataset_areas_aligned_with_the_boxes():
+  example, pixel_boxes = make_example()
+  example['objects']['area'] = tf.constant([1000, 77, 5], tf.int64)   # TFDS coco: int64
+  example['objects']['bbox'] = tf.concat([example['objects']['bbox'][:1],
+                                          tf.zeros([1, 4]),          # empty: dropped
+                                          example['objects']['bbox'][2:]], 0)
+  config = parser.ParserConfig(output_size=(64, 64), max_level=5, max_num_instances=3)
+  out = parser.parse_eval(example, config)
+  np.testing.assert_array_equal(out['gt_classes'], [1, 5, -1])
+  np.testing.assert_array_equal(out['gt_areas'], [1000, 5, -1])
+  np.testing.assert_allclose(out['gt_original_boxes'][:2], pixel_boxes[[0, 2]], rtol=1e-5)
+  assert 'gt_areas' not in parser.parse_train(example, tf.constant([0, 0]), config)
 
 
 def test_boxes_follow_the_pixels_under_flip_and_jitter():

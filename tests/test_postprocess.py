@@ -87,32 +87,91 @@ def test_greedy_nms_batched_and_suppression_is_strict():
   np.testing.assert_array_equal(num, [1])
 
 
-def _check_generator(seed, n, c, pre_nms, crowded):
-  rng = np.random.default_rng(seed)
-  boxes = random_boxes(rng, n)
-  high = 0.5 if crowded else 0.02
-  scores = rng.uniform(0, high, (2, n, c)).astype(np.float32)
-  scores[0, rng.integers(0, n, 15), rng.integers(0, c, 15)] = 0.9   # a few confident boxes
-  scores = np.round(scores * 50) / 50                                # ties
-  config = postprocess.DetectionConfig(max_total_size=10, pre_nms_num_boxes=pre_nms)
+def _regime_scores(rng, n, c, regime):
+  """Scores [2, N, C] with ties (multiples of 0.02, none exactly at the 0.05 threshold).
+
+  sparse: a few confident boxes. middle: each class has 45 candidates above threshold on its own
+  random anchors, so every class fits in k = 60 but their union does not. crowded: most anchors of
+  every class are above threshold.
+  """
+  if regime == 'middle':
+    scores = rng.uniform(0, 0.02, (2, n, c)).astype(np.float32)
+    for i in range(2):
+      for j in range(c):
+        scores[i, rng.choice(n, 45, replace=False), j] = rng.uniform(0.06, 1.0, 45)
+  else:
+    scores = rng.uniform(0, 0.5 if regime == 'crowded' else 0.02, (2, n, c)).astype(np.float32)
+    scores[0, rng.integers(0, n, 15), rng.integers(0, c, 15)] = 0.9   # a few confident boxes
+  return np.round(scores * 50) / 50
+
+
+def _check_generator(boxes, scores, pre_nms, max_total):
+  config = postprocess.DetectionConfig(max_total_size=max_total, pre_nms_num_boxes=pre_nms)
   run = jax.jit(lambda b, s: postprocess._per_class_detections(b, s, config))
-  det_boxes, det_scores, det_classes = run(jnp.asarray(np.stack([boxes] * 2)), jnp.asarray(scores))
-  for i in range(2):
-    rb, rs, rc = ref_detections(boxes, scores[i], 10, 0.5, 0.05, pre_nms)
+  det_boxes, det_scores, det_classes = run(jnp.asarray(np.stack([boxes] * len(scores))),
+                                           jnp.asarray(scores))
+  for i in range(len(scores)):
+    rb, rs, rc = ref_detections(boxes, scores[i], max_total, 0.5, 0.05, pre_nms)
     np.testing.assert_array_equal(np.asarray(det_scores[i]), rs)
     np.testing.assert_array_equal(np.asarray(det_classes[i]) + 1, rc)
     np.testing.assert_array_equal(np.asarray(det_boxes[i]), rb)
+  return np.sum(np.asarray(det_scores) > -1, axis=-1)
+
+
+def _check_regime(seed, regime, pre_nms, max_total=10, n=200, c=4):
+  rng = np.random.default_rng(seed)
+  boxes = random_boxes(rng, n)
+  scores = _regime_scores(rng, n, c, regime)
+  per_class = (scores > 0.05).sum(axis=1)                  # [2, C]
+  union = (scores.max(axis=-1) > 0.05).sum(axis=1)         # [2]
+  if regime == 'sparse':
+    assert union.max() <= pre_nms
+  elif regime == 'middle':
+    assert per_class.max() <= pre_nms < union.min()
+  else:
+    assert per_class.max() > pre_nms
+  _check_generator(boxes, scores, pre_nms, max_total)
+  # The branch taken: the shortcut exactly when the union fits in pre_nms.
+  assert bool(postprocess._shared_candidates_exact(jnp.asarray(scores), pre_nms, 0.05)) == (
+      regime == 'sparse')
 
 
 @pytest.mark.parametrize('seed', range(3))
 def test_detections_equal_reference_sparse(seed):
-  _check_generator(seed, n=200, c=4, pre_nms=50, crowded=False)
+  # At most pre_nms anchors above 0.05 over all classes: the shared-candidate shortcut.
+  _check_regime(seed, 'sparse', pre_nms=50)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_detections_equal_reference_middle(seed):
+  # Every class within pre_nms but their union beyond it: the literal per-class top-k. A shared set
+  # of the 60 best anchors would drop candidates; max_total = 100 lets them reach the output.
+  _check_regime(seed, 'middle', pre_nms=60, max_total=100)
 
 
 @pytest.mark.parametrize('seed', range(3))
 def test_detections_equal_reference_crowded_fallback(seed):
   # More than pre_nms candidates above 0.05 in a class: the literal per-class top-k path.
-  _check_generator(seed, n=200, c=4, pre_nms=30, crowded=True)
+  _check_regime(seed, 'crowded', pre_nms=30)
+
+
+@pytest.mark.parametrize('per_class, expected', [(15, 60), (50, 100)])
+def test_detections_count_disjoint_candidates(per_class, expected):
+  # 4 classes x per_class candidates on disjoint boxes (no suppression), k = 60, 100 slots.
+  # 4 x 15 = 60 fills the shared set exactly (the shortcut, at its boundary): 60 detections.
+  # 4 x 50 = 200: each class keeps its 50 (<= k) in its own top-60, NMS keeps all 200, the global
+  # top 100 keeps 100. A shared set of the 60 best anchors would give only 60.
+  n, c = 4 * per_class + 20, 4
+  y = np.arange(n, dtype=np.float32)[:, None] * 2
+  boxes = np.concatenate([y, np.zeros_like(y), y + 1, np.ones_like(y)], axis=1)
+  scores = np.full((1, n, c), 0.01, np.float32)
+  for j in range(c):
+    ids = np.arange(j * per_class, (j + 1) * per_class)
+    scores[0, ids, j] = np.linspace(0.9, 0.1, per_class) - 0.001 * j
+  num = _check_generator(boxes, scores, pre_nms=60, max_total=100)
+  assert int(num[0]) == expected
+  assert bool(postprocess._shared_candidates_exact(jnp.asarray(scores), 60, 0.05)) == (
+      per_class == 15)
 
 
 def test_generate_detections_end_to_end():

@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch
 from conftest import DATA, ROOT
 
 from spinenet_jax import model_io
@@ -22,7 +23,6 @@ from spinenet_jax.modeling import layers, topology
 from spinenet_jax.modeling.retinanet import HeadConfig, RetinaNet, RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 
-torch = pytest.importorskip('torch')
 # One thread per xdist worker: two OpenMP threads per process on two shared cores run 10x slower.
 torch.set_num_threads(1)
 sys.path.append(os.path.join(ROOT, 'tools'))

@@ -215,9 +215,12 @@ def test_coco2017_labels_are_coco_ids_and_parse(tmp_path):
   for example in examples:
     labels = example['objects']['label'].numpy()
     assert labels.dtype == np.int64 and np.isin(labels, sources.COCO_CATEGORY_IDS).all()
+    assert example['objects']['area'].dtype == tf.float32   # int64 in TFDS coco
     out = parser.parse_train(consistent_objects(example), tf.constant([0, 0]), PARSER_CONFIG)
     assert out['images'].shape == (128, 128, 3)
     assert np.isin(out['gt_classes'].numpy(), [-1, *sources.COCO_CATEGORY_IDS]).all()
+    out = parser.parse_eval(consistent_objects(example), PARSER_CONFIG)
+    assert out['gt_areas'].dtype == tf.float32 and out['gt_areas'].shape == (100,)
 
 
 def consistent_objects(example):

@@ -67,7 +67,11 @@ def test_empty_images_and_crowds(split):
   assert crowds and all(a['iscrowd'] == 1 for a in crowds)
   assert all(isinstance(a['segmentation']['counts'], list) for a in crowds)  # COCO's crowd format
   others = coco.loadAnns(coco.getAnnIds(iscrowd=False))
-  assert all(isinstance(a['segmentation'], list) for a in others)
+  # Whole shapes keep their outline polygon; occluded or cut ones are compressed RLE.
+  kinds = {type(a['segmentation']).__name__ for a in others}
+  assert kinds == {'list', 'dict'}
+  assert all(isinstance(a['segmentation']['counts'], str) for a in others
+             if isinstance(a['segmentation'], dict))
 
 
 def test_masks_match_area_and_tight_bbox(split):
@@ -80,10 +84,13 @@ def test_masks_match_area_and_tight_bbox(split):
     tight = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
     np.testing.assert_allclose(ann['bbox'], tight, atol=1)
     assert ann['bbox'] == tight   # in fact exact
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     if ann['iscrowd']:
-      encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
       from_json = mask_utils.frPyObjects(ann['segmentation'], image['height'], image['width'])
       assert from_json['counts'] == encoded['counts']
+    elif isinstance(ann['segmentation'], dict):
+      assert ann['segmentation'] == {'size': [image['height'], image['width']],
+                                     'counts': encoded['counts'].decode()}
     else:
       xy = np.concatenate(ann['segmentation']).reshape(-1, 2)
       assert xy.min() >= 0 and (xy <= [image['width'], image['height']]).all()
@@ -124,7 +131,8 @@ def test_occlusion_updates_visible_masks_and_drops_hidden_objects():
   anns, final = synthetic._annotate(drawn, owner)
   assert [a['category_id'] for a in anns] == [1, 2, 3, 5]
   assert anns[0]['area'] == 30 and anns[0]['bbox'] == [2.0, 2.0, 3.0, 10.0]
-  assert anns[1]['area'] == 145 and len(anns[3]['segmentation']) == 2
+  assert anns[1]['area'] == 145 and anns[3]['bbox'] == [0.0, 9.0, 30.0, 7.0]
+  np.testing.assert_array_equal(mask_utils.decode(anns[3]['segmentation']), owner == 3)
   owner[2:12, 2:5] = 1       # object 0 now almost completely hidden: dropped
   drawn[1].area = int((owner == 1).sum())
   anns, final = synthetic._annotate(drawn, owner)
@@ -138,7 +146,15 @@ def test_occlusion_updates_visible_masks_and_drops_hidden_objects():
   assert len(anns) == 3 and (final == -2).sum() == 3
 
 
-def test_mask_polygons_are_exact_with_holes_and_diagonals():
+def _numpy_tight_bbox(mask):
+  ys, xs = np.nonzero(mask)
+  return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+          float(ys.max() - ys.min() + 1)]
+
+
+def test_rle_and_bbox_are_exact_with_holes_and_diagonals():
+  """`encode` (pycocotools RLE) decodes to exactly the mask, holes and islands included, and
+  `tight_bbox` (pycocotools `toBbox`) is the tight pixel box, as the numpy formula it replaced."""
   rng = np.random.default_rng(0)
   ring = np.zeros((30, 40), bool)
   ring[3:27, 4:36] = True
@@ -148,10 +164,17 @@ def test_mask_polygons_are_exact_with_holes_and_diagonals():
   diagonal = np.zeros((6, 6), bool)
   diagonal[1, 1] = diagonal[2, 2] = diagonal[3, 1] = True
   masks = [ring, diagonal] + [rng.random((12, 17)) < p for p in (0.3, 0.5, 0.7)]
+  column = np.zeros((7, 5), bool)
+  column[1:6, 3] = True                             # one run across several rows
+  masks += [column, column.T, np.ones((4, 6), bool), rng.random((40, 3)) < 0.05]
   for mask in masks:
-    polygons = synthetic.mask_polygons(mask)
-    np.testing.assert_array_equal(synthetic.rasterize(polygons, *mask.shape), mask)
-  assert len(synthetic.mask_polygons(ring[:, :16])) == 2   # one hole: cut once
+    if not mask.any():
+      continue
+    rle = synthetic.encode(mask)
+    assert rle['size'] == list(mask.shape) and isinstance(rle['counts'], str)
+    json.dumps(rle)
+    np.testing.assert_array_equal(mask_utils.decode(rle), mask)
+    assert synthetic.tight_bbox(mask) == _numpy_tight_bbox(mask)
 
 
 def test_uncompressed_rle_equals_encode():

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT
 from spinenet_jax.modeling import factory
+from spinenet_jax.modeling.layers import NormConfig
+from spinenet_jax.modeling.spinenet import SpineNetConfig
 
 
 def run_tool(*args):
@@ -59,6 +61,19 @@ def test_summarize_model_rejects_bad_size_and_typos():
 OFFICIAL_RETINANET_PARAMS = {'49S': 11_265_942, '49': 28_543_383, '96': 42_974_871,
                              '143': 66_959_511, '190': 163_637_351}
 OFFICIAL_GMACS = {'49S': 30.8, '49': 85.3, '96': 265.0, '143': 523.3, '190': 1881.7}
+# The official SCALING_MAP (endpoints_num_filters, filter_size_scale, resample_alpha, block_repeats)
+# as the reference spec lists it (official-tpu-detection.md, section 1.1).
+OFFICIAL_SCALING = {'49S': (128, 0.65, 0.5, 1), '49': (256, 1.0, 0.5, 1), '96': (256, 1.0, 0.5, 2),
+                    '143': (256, 1.0, 1.0, 3), '190': (512, 1.3, 1.0, 4)}
+# The official SPINENET_BLOCK_SPECS (level, block_fn, input offsets, is_output), same section.
+OFFICIAL_SPECS = [(2, 'bottleneck', (0, 1), False), (4, 'residual', (0, 1), False),
+                  (3, 'bottleneck', (2, 3), False), (4, 'bottleneck', (2, 4), False),
+                  (6, 'residual', (3, 5), False), (4, 'bottleneck', (3, 5), False),
+                  (5, 'residual', (6, 7), False), (7, 'residual', (6, 8), False),
+                  (5, 'bottleneck', (8, 9), False), (5, 'bottleneck', (8, 10), False),
+                  (4, 'bottleneck', (5, 10), True), (3, 'bottleneck', (4, 10), True),
+                  (5, 'bottleneck', (7, 12), True), (7, 'bottleneck', (5, 14), True),
+                  (6, 'bottleneck', (12, 14), True)]
 
 
 @pytest.mark.parametrize('name, model_id, size, rate', [
@@ -67,7 +82,8 @@ OFFICIAL_GMACS = {'49S': 30.8, '49': 85.3, '96': 265.0, '143': 523.3, '190': 188
 def test_model_configs(name, model_id, size, rate):
   from spinenet_jax.analysis import summary
   config = load_config(name)
-  result = summary.summarize(factory.build_model(config.model), tuple(config.input.image_size),
+  model = factory.model_from_config(factory.retinanet_config(config.model))
+  result = summary.summarize(model, tuple(config.input.image_size),
                              backbone_collection_key='backbone')
   assert result['total_params'] == OFFICIAL_RETINANET_PARAMS[model_id]
   assert result['gmacs'] == pytest.approx(OFFICIAL_GMACS[model_id], rel=0.005)
@@ -75,11 +91,15 @@ def test_model_configs(name, model_id, size, rate):
   assert retinanet.anchors.anchor_size == (4.0 if model_id in ('143', '190') else 3.0)
   backbone = factory.backbone_config(config.model)
   assert config.input.image_size == (size, size)
-  assert backbone.init_drop_connect_rate == rate and backbone.activation == 'swish'
-  assert backbone.norm.momentum == 0.997 and backbone.norm.epsilon == 1e-4
-  assert backbone.conv_padding == 'fixed' and backbone.resample_pooling == 'official'
-  assert backbone == factory.backbone_config(config.model)  # deterministic
-  assert backbone.block_repeats == {'49S': 1, '49': 1, '96': 2, '143': 3, '190': 4}[model_id]
+  # The whole backbone config equals one written out from the official yaml settings and scaling.
+  endpoints, scale, alpha, repeats = OFFICIAL_SCALING[model_id]
+  expected = SpineNetConfig(
+      block_specs=OFFICIAL_SPECS, min_level=3, max_level=7, endpoints_num_filters=endpoints,
+      filter_size_scale=scale, resample_alpha=alpha, block_repeats=repeats, activation='swish',
+      conv_padding='fixed', resample_pooling='official', use_native_resize_op=False,
+      norm=NormConfig(type='batch', momentum=0.997, epsilon=1e-4), init_drop_connect_rate=rate,
+      dropblock_keep_prob=None, dropblock_size=None)
+  assert backbone == expected
 
 
 def test_config_block_specs_and_dtype():

@@ -10,9 +10,11 @@ import optax
 import pytest
 from training_helpers import assert_trees_close, random_batch, tiny_config
 
+from spinenet_jax import losses, sharding
 from spinenet_jax.training import checkpoints as ckpt_lib
 from spinenet_jax.training import loop, settings
 from spinenet_jax.training import optimizer as opt_lib
+from spinenet_jax.training.trainer import Trainer
 
 
 def test_step_schedule_hand_computed():
@@ -63,7 +65,7 @@ def test_clipping_by_global_norm():
 
 @pytest.fixture(scope='module')
 def trainer_and_state():
-  trainer = loop.Trainer(settings.finalize(tiny_config()), loop.make_mesh(jax.devices()[:1]))
+  trainer = Trainer(settings.finalize(tiny_config()), sharding.make_mesh(jax.devices()[:1]))
   return trainer, trainer.new_state()
 
 
@@ -71,12 +73,12 @@ def test_train_step_learns_and_counts(trainer_and_state):
   trainer, state = trainer_and_state
   state = jax.tree_util.tree_map(jnp.copy, state)
   batch = random_batch()
-  losses = []
+  history = []
   for _ in range(4):
     state, metrics = trainer.train_step(state, batch)
-    losses.append(float(metrics['model_loss']))
+    history.append(float(metrics['model_loss']))
   assert int(state.step) == 4 and int(state.nonfinite_step) == -1
-  assert losses[-1] < losses[0], losses
+  assert history[-1] < history[0], history
   assert float(metrics['l2_loss']) > 0 and float(metrics['num_positives']) > 0
 
 
@@ -96,13 +98,13 @@ def test_nonfinite_loss_skips_the_update_and_names_the_step(trainer_and_state):
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
                                                         jax.tree_util.tree_leaves(after_good)))
   with pytest.raises(loop.NonFiniteLossError, match='at step 1;.*step 7'):
-    loop._check_finite(state, 7)
+    loop.check_finite(state, 7)
 
 
 def test_eight_devices_match_one(trainer_and_state):
   assert jax.device_count() == 8
   one, state = trainer_and_state
-  eight = loop.Trainer(one.config, loop.make_mesh())
+  eight = Trainer(one.config, sharding.make_mesh())
   s1 = jax.tree_util.tree_map(jnp.copy, state)
   s8 = jax.device_put(jax.device_get(state), eight.replicated)
   for seed in range(3):
@@ -152,9 +154,9 @@ def test_config_checks_name_the_key():
   config = tiny_config(low_res_steps=2, low_res_image_size=(100, 128))
   with pytest.raises(ValueError, match=r'config.train.low_res_image_size=\(100, 128\)'):
     settings.finalize(config)
-  from spinenet_jax.training import data as data_lib
+  from spinenet_jax.data import datasets
   with pytest.raises(ValueError, match='global_batch_size=12 must be a positive multiple of 8'):
-    data_lib._per_process(12, 'config.train.global_batch_size')
+    datasets._per_process(12, 'config.train.global_batch_size')
 
 
 def test_train_image_size_follows_the_low_res_phase():
@@ -168,9 +170,97 @@ def test_train_image_size_follows_the_low_res_phase():
 def test_bfloat16_compute_trains_with_float32_parameters():
   config = tiny_config()
   config.model.dtype = 'bfloat16'
-  trainer = loop.Trainer(settings.finalize(config), loop.make_mesh(jax.devices()[:1]))
+  trainer = Trainer(settings.finalize(config), sharding.make_mesh(jax.devices()[:1]))
   state = trainer.new_state()
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
   state, metrics = trainer.train_step(state, random_batch())
   assert np.isfinite(float(metrics['total_loss'])) and int(state.nonfinite_step) == -1
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
+
+
+def _sgd_config(clip_mode, clip_norm, group_size=4, norm_type='batch'):
+  """Plain SGD at learning rate 1 (the update is minus the gradient), no momentum."""
+  config = tiny_config(warmup_steps=0, init_learning_rate=1.0, learning_rate_steps=(),
+                       learning_rate_levels=(), momentum=0.0, gradient_clip_norm=clip_norm,
+                       gradient_clip_mode=clip_mode)
+  config.loss.normalizer_group_size = group_size
+  config.model.norm.type = norm_type
+  return settings.finalize(config)
+
+
+def _gradient(trainer, state, batch):
+  new, metrics = trainer.train_step(jax.tree_util.tree_map(jnp.copy, state), batch)
+  grads = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b),
+                                 jax.device_get(state.params), jax.device_get(new.params))
+  return grads, jax.device_get(new.batch_stats), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize('devices', [1, 8])
+def test_per_replica_gradients_sum_to_the_batch_gradient_with_global_batch_norm(devices):
+  # Unclipped, the replicas' gradients (each w.r.t. the parameters as its images use them, batch
+  # norm statistics over all replicas: the official sync BN) sum to the batch gradient, and the
+  # batch statistics are the global ones, on one device or eight (two images each).
+  batch = random_batch(batch_size=16, seed=3)
+  ref = Trainer(_sgd_config('global', 0.0, group_size=2), sharding.make_mesh(jax.devices()[:1]))
+  state = ref.new_state()
+  want, want_stats, want_metrics = _gradient(ref, state, batch)
+  per_replica = Trainer(_sgd_config('per_replica', 1e9, group_size=2),
+                        sharding.make_mesh(jax.devices()[:devices]))
+  got, got_stats, metrics = _gradient(
+      per_replica, jax.device_put(jax.device_get(state), per_replica.replicated), batch)
+  assert_trees_close(got, want)
+  assert_trees_close(got_stats, want_stats)
+  np.testing.assert_allclose(metrics['total_loss'], want_metrics['total_loss'], rtol=1e-5)
+  np.testing.assert_allclose(metrics['grad_norm'], want_metrics['grad_norm'], rtol=1e-4)
+  assert metrics['clipped'] == 0.0
+
+
+def test_per_replica_clipping_clips_each_group_before_the_sum():
+  # With group norm nothing couples the images, so a replica's gradient is the gradient of its
+  # own images' loss / replicas: clip each to norm 0.05 (all are larger), then sum.
+  batch = random_batch(seed=4)
+  trainer = Trainer(_sgd_config('per_replica', 0.05, norm_type='group'),
+                    sharding.make_mesh(jax.devices()[:1]))
+  state = trainer.new_state()
+  got, _, metrics = _gradient(trainer, state, batch)
+  detector, replicas = trainer.detector, 2
+
+  def replica_loss(params, images):
+    part = {k: v[images] for k, v in batch.items()}
+    terms, _, _ = detector.loss({'params': params, 'batch_stats': state.batch_stats}, part,
+                                {'dropout': jax.random.key(0), 'sampling': jax.random.key(1)})
+    l2 = losses.l2_regularization(params, trainer.config.loss.l2_weight_decay)
+    return (sum(terms.values()) + l2) / replicas
+
+  want, norms = None, []
+  for r in range(replicas):
+    g = jax.grad(replica_loss)(state.params, slice(4 * r, 4 * r + 4))
+    norm = float(optax.tree.norm(g))
+    norms.append(norm)
+    g = jax.tree_util.tree_map(lambda x: np.asarray(x) * 0.05 / max(norm, 0.05), g)
+    want = g if want is None else jax.tree_util.tree_map(np.add, want, g)
+  assert min(norms) > 0.05 and metrics['clipped'] == 1.0
+  assert_trees_close(got, want)
+  # Global clipping of the same batch is a different update.
+  whole = jax.tree_util.tree_map(np.add, *[jax.grad(replica_loss)(
+      state.params, slice(4 * r, 4 * r + 4)) for r in range(replicas)])
+  scale = 0.05 / max(float(optax.tree.norm(whole)), 0.05)
+  diff = max(float(np.abs(np.asarray(a) * scale - b).max()) for a, b in zip(
+      jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(got)))
+  assert diff > 1e-4
+
+
+def test_per_replica_clipping_needs_whole_groups_per_device():
+  trainer = Trainer(_sgd_config('per_replica', 10.0), sharding.make_mesh())
+  with pytest.raises(ValueError, match='global batch 8 must be a multiple of 8 devices x '
+                                       'config.loss.normalizer_group_size 4'):
+    trainer.train_step(trainer.new_state(), random_batch())
+
+
+def test_per_replica_clipping_needs_the_normalizer_groups():
+  config = tiny_config(gradient_clip_mode='per_replica')
+  config.loss.normalizer_group_size = None
+  with pytest.raises(ValueError, match='config.loss.normalizer_group_size is None'):
+    settings.finalize(config)
+  with pytest.raises(ValueError, match="gradient_clip_mode must be one of"):
+    settings.finalize(tiny_config(gradient_clip_mode='per_device'))

@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import _bootstrap  # noqa: F401
 import numpy as np
 import tensorflow as tf
 from absl import app, flags

@@ -22,7 +22,6 @@ variables and the model settings (`model.json`), so loading it needs no flags.
 import json
 import os
 
-import _bootstrap  # noqa: F401
 import numpy as np
 from absl import app
 from absl import flags

@@ -24,7 +24,6 @@ import json
 import os
 from typing import Any
 
-import _bootstrap  # noqa: F401
 import numpy as np
 from absl import app, flags
 

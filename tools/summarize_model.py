@@ -1,4 +1,4 @@
-"""Prints a RetinaNet's trainable parameters (backbone and total), batch-norm statistics and
+"""Prints a detector's trainable parameters (backbone and total), batch-norm statistics and
 forward multiply-adds.
 
   python tools/summarize_model.py --config=configs/spinenet49.py [--image_size=H,W] [--json]
@@ -10,13 +10,11 @@ traced abstractly, so even SpineNet-190 at 1280x1280 takes seconds on a CPU.
 
 import json
 
-import _bootstrap  # noqa: F401
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from spinenet_jax.analysis import summary
-from spinenet_jax.modeling import factory
+from spinenet_jax.detectors import base as detectors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _IMAGE_SIZE = flags.DEFINE_list('image_size', None, 'H,W input size (default: the config\'s).')
@@ -39,9 +37,7 @@ def _image_size(config) -> tuple[int, int]:
 def main(argv):
   del argv
   config = _CONFIG.value
-  model = factory.build_model(config.model)
-  result = summary.summarize(model, _image_size(config), backbone_collection_key='backbone',
-                             backbone_model=factory.build_backbone(config.model))
+  result = detectors.build(config).summary(_image_size(config))
   result['model_id'] = config.model.backbone.model_id
   if _JSON.value:
     print(json.dumps(result))

@@ -1,8 +1,8 @@
-"""Instance masks in COCO encodings: exact polygons, rasterization, RLE, decoding, tight boxes.
+"""Instance masks in COCO encodings: rasterization, RLE, decoding, tight boxes (pycocotools).
 
-`rasterize` is pycocotools' own rasterization (what COCOeval uses), so a polygon made by
-`mask_polygons` turns back into exactly its mask. COCO unions a shape's polygons and cannot express
-holes, so masks with holes are split into hole-free pieces first. `segmentation_mask` decodes any
+`rasterize` is pycocotools' own rasterization of polygons (what COCOeval uses); `encode` and
+`tight_bbox` are pycocotools' RLE encoding and its box. `uncompressed_rle` writes COCO's crowd
+format, which pycocotools reads but does not write. `segmentation_mask` decodes any
 COCO segmentation as `COCO.annToMask` does, but checks it first: json from the wild holds malformed
 ones, and pycocotools reads some of those as garbage (an empty RLE string decodes to uninitialised
 memory) instead of raising.
@@ -102,110 +102,23 @@ def png_mask(mask: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _trace_loops(mask: np.ndarray) -> list[np.ndarray]:
-  """Boundary loops [K, 2] (x, y pixel corners) of `mask`; outer loops clockwise on screen.
+def as_polygon(points: np.ndarray) -> list[float]:
+  """The COCO polygon [x0, y0, x1, y1, ...] of [K, 2] vertices."""
+  return [float(v) for v in points.reshape(-1)]
 
-  Every pixel edge between foreground and background becomes a directed edge with the foreground on
-  its right; edges are chained, turning towards the foreground where two pixels touch diagonally.
+
+def _encode(mask: np.ndarray) -> dict:
+  return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+
+
+def encode(mask: np.ndarray) -> dict:
+  """COCO compressed RLE {'size': [H, W], 'counts': str} of a [H, W] mask (`mask.encode`), exact.
+
+  COCO polygons are unioned and cannot express holes; RLE is what COCO uses for any other mask
+  (crowds, results), and `COCO.annToMask` decodes it to exactly `mask`.
   """
-  m = np.pad(mask, 1)
-  fg = m[1:-1, 1:-1]
-  r, c = np.nonzero(fg & ~m[:-2, 1:-1])          # top edges: (c, r) -> (c + 1, r)
-  edges = [np.stack([c, r, c + 1, r], 1)]
-  r, c = np.nonzero(fg & ~m[1:-1, 2:])           # right edges
-  edges.append(np.stack([c + 1, r, c + 1, r + 1], 1))
-  r, c = np.nonzero(fg & ~m[2:, 1:-1])           # bottom edges
-  edges.append(np.stack([c + 1, r + 1, c, r + 1], 1))
-  r, c = np.nonzero(fg & ~m[1:-1, :-2])          # left edges
-  edges.append(np.stack([c, r + 1, c, r], 1))
-  return _chain(np.concatenate(edges).tolist())
-
-
-def _chain(edges: list[list[int]]) -> list[np.ndarray]:
-  """Chains directed unit edges [x0, y0, x1, y1] into closed loops of corner vertices."""
-  starts: dict[tuple[int, int], list[int]] = {}
-  for i, (x0, y0, _, _) in enumerate(edges):
-    starts.setdefault((x0, y0), []).append(i)
-  used = [False] * len(edges)
-  loops = []
-  for first in range(len(edges)):
-    if used[first]:
-      continue
-    loop, i = [], first
-    while not used[i]:
-      used[i] = True
-      x0, y0, x1, y1 = edges[i]
-      loop.append((x0, y0))
-      i = _next_edge(edges, starts[(x1, y1)], used, x1 - x0, y1 - y0)
-      if i is None:
-        break
-    loops.append(_drop_collinear(np.array(loop)))
-  return loops
-
-
-def _next_edge(edges, candidates, used, dx, dy):
-  """The unused edge leaving a vertex; the right turn (towards the foreground) wins a tie."""
-  free = [j for j in candidates if not used[j]]
-  for j in free:
-    if (edges[j][2] - edges[j][0], edges[j][3] - edges[j][1]) == (-dy, dx):
-      return j
-  return free[0] if free else None
-
-
-def _drop_collinear(loop: np.ndarray) -> np.ndarray:
-  """Keeps only the corners of a closed loop of unit steps."""
-  prev = np.roll(loop, 1, axis=0)
-  nxt = np.roll(loop, -1, axis=0)
-  a, b = loop - prev, nxt - loop
-  return loop[a[:, 0] * b[:, 1] != a[:, 1] * b[:, 0]]
-
-
-def _signed_area(loop: np.ndarray) -> float:
-  x, y = loop[:, 0], loop[:, 1]
-  return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
-
-
-def as_polygon(loop: np.ndarray) -> list[float]:
-  return [float(v) for v in loop.reshape(-1)]
-
-
-def mask_polygons(mask: np.ndarray) -> list[list[float]]:
-  """COCO polygons whose pycocotools rasterisation is exactly `mask` (bool [H, W], non-empty).
-
-  Outer pixel boundaries are traced; where the mask has holes (which unioned polygons cannot
-  express) it is cut at the first column holding a hole pixel and each side is traced again.
-  """
-  x, y, w, h = (int(v) for v in tight_bbox(mask))
-  polygons = _crop_polygons(mask[y:y + h, x:x + w])
-  return [[v + (y if k % 2 else x) for k, v in enumerate(p)] for p in polygons]
-
-
-def _crop_polygons(mask: np.ndarray, depth: int = 0) -> list[list[float]]:
-  height, width = mask.shape
-  outer = [l for l in _trace_loops(mask) if len(l) >= 4 and _signed_area(l) > 0]
-  polygons = [as_polygon(l) for l in outer]
-  filled = rasterize(polygons, height, width) if polygons else np.zeros_like(mask)
-  if np.array_equal(filled, mask):
-    return polygons
-  holes = filled & ~mask
-  if depth > 64 or not holes.any() or (mask & ~filled).any():
-    return _run_rectangles(mask)
-  col = int(np.nonzero(holes.any(axis=0))[0][0])
-  left, right = mask.copy(), mask.copy()
-  left[:, col:] = False
-  right[:, :col] = False
-  return [p for part in (left, right) if part.any() for p in _crop_polygons(part, depth + 1)]
-
-
-def _run_rectangles(mask: np.ndarray) -> list[list[float]]:
-  """Fallback: one rectangle polygon per horizontal run of each row (always exact)."""
-  polygons = []
-  for y in range(mask.shape[0]):
-    row = np.concatenate([[0], mask[y].astype(np.int8), [0]])
-    d = np.diff(row)
-    for x0, x1 in zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]):
-      polygons.append([float(v) for v in (x0, y, x1, y, x1, y + 1, x0, y + 1)])
-  return polygons
+  rle = _encode(mask)
+  return {'size': [int(v) for v in rle['size']], 'counts': rle['counts'].decode('ascii')}
 
 
 def uncompressed_rle(mask: np.ndarray) -> dict:
@@ -219,7 +132,5 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
 
 
 def tight_bbox(mask: np.ndarray) -> list[float]:
-  """COCO [x, y, width, height] of the pixels of a non-empty mask (as `mask.toBbox`)."""
-  ys = np.nonzero(mask.any(axis=1))[0]
-  xs = np.nonzero(mask.any(axis=0))[0]
-  return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
+  """COCO [x, y, width, height] of the pixels of a non-empty mask (`mask.toBbox`)."""
+  return [float(v) for v in mask_utils.toBbox(_encode(mask))]

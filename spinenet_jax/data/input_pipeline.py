@@ -5,7 +5,9 @@ example with the stateless seed (seed, example counter), so a given config and s
 same batches on every run. Batches have static shapes (drop_remainder) for `jax.jit`.
 
 Evaluation: every example exactly once. The last batch is completed with dummy examples whose
-`source_id` is -1, so shapes stay static and evaluators can drop the dummies.
+`source_id` is -1, so shapes stay static and evaluators can drop the dummies. Evaluation batches
+also carry the ground truth COCO evaluation builds when there is no instances json (`gt_is_crowd`,
+`gt_areas`, `gt_original_boxes`: see `parser.py`).
 
 `prefetch_to_mesh` turns each process's host batch into global `jax.Array`s sharded over the mesh's
 data axis and keeps a few batches in flight, so the train step never waits on the transfer.

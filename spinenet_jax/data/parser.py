@@ -5,6 +5,7 @@ Input: a decoded example with TFDS-coco-like features
   {'image': uint8 [H, W, 3], 'image/id': int64,
    'objects': {'bbox': float32 [N, 4] normalized [ymin, xmin, ymax, xmax],
                'label': int [N] category ids (COCO ids: 1..90), 'is_crowd': bool [N],
+               'area': float or int [N] (optional, read by the eval parser only),
                'mask': uint8 [N, H, W(, 1)] 0/1, read only with `include_masks`}}.
 Output: fixed-shape tensors ready to batch. Anchor labels are not made here: padded ground truth is
 small, and labelling runs on the device inside the train step (see docs/design.md).
@@ -12,6 +13,14 @@ small, and labelling runs on the device inside the train step (see docs/design.m
 Train: crowd boxes dropped, normalize, flip (p 0.5) before resizing, jittered resize-and-crop,
 boxes scaled/cropped/clipped, empty boxes dropped, ground truth padded to `max_num_instances` with
 -1. Eval: no flip or jitter, crowd kept (COCO evaluation needs it), boxes in output-canvas pixels.
+
+Eval also carries what the official eval parser hands the evaluator as `groundtruths` (used when
+there is no instances json, e.g. TFDS coco/2017), padded with -1 and row-aligned with gt_boxes:
+`gt_is_crowd` [max_num_instances] int32; `gt_areas` float32, the dataset's `objects/area` in
+original-image pixels (COCO: the segmentation area, which pycocotools' small/medium/large ranges
+read), or the box area in original pixels when the example has none (official decoder's default);
+`gt_original_boxes` [max_num_instances, 4] float32, the boxes in original-image pixels before
+resizing and clipping (official: `denormalize_boxes(groundtruth_boxes)`).
 
 Masks (`include_masks`, official Mask R-CNN parser at HEAD): flipped with the image; after the box
 filtering, each kept instance's mask is sampled by `crop_and_resize` (bilinear, soft values) at
@@ -107,15 +116,24 @@ def parse_train(example: dict, seed, config: ParserConfig = ParserConfig()) -> d
   return out
 
 
+def _areas(objects: dict, boxes: tf.Tensor) -> tf.Tensor:
+  """[N] float32 object areas: `objects/area`, else the areas of the pixel `boxes` (official)."""
+  if 'area' in objects:
+    return tf.reshape(tf.cast(objects['area'], tf.float32), [-1])
+  return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
 def parse_eval(example: dict, config: ParserConfig = ParserConfig()) -> dict:
-  """One evaluation example: no augmentation, crowd flags kept."""
+  """One evaluation example: no augmentation, crowd flags, areas and original boxes kept."""
   boxes, classes, is_crowd, masks = _objects(example, config)
   image = example['image']
   image_shape = tf.shape(image)[0:2]
   boxes = pp.denormalize_boxes(boxes, image_shape)
   image, image_info = pp.resize_and_crop_image(pp.normalize_image(image), config.output_size,
                                                config.padded_size)
-  out = _finish(image, image_info, boxes, classes, config, masks,
-                extra={'gt_is_crowd': tf.cast(is_crowd, tf.int32)})
+  extra = {'gt_is_crowd': tf.cast(is_crowd, tf.int32),
+           'gt_areas': _areas(example['objects'], boxes),
+           'gt_original_boxes': boxes}
+  out = _finish(image, image_info, boxes, classes, config, masks, extra=extra)
   out['source_id'] = tf.cast(example['image/id'], tf.int64)
   return out

@@ -10,6 +10,11 @@ Labels are the category ids of the json (COCO: 1..90, with gaps), not contiguous
 the official RetinaNet classifies over `max id + 1` classes (91 for COCO). TFDS coco/2017 stores
 contiguous indices 0..79, so `load_coco2017` maps them back through `COCO_CATEGORY_IDS`.
 
+`objects/area` is the json's `area` (COCO: the segmentation area, not the box's), which the
+evaluation reads for the small / medium / large ranges when it builds ground truth from the
+batches. COCO folders store it as float32 (the box area w h when the json has none); TFDS coco/2017
+stores it as int64 (the json's area truncated), cast to float32 by `load_coco2017`.
+
 `CocoFolder` is one TFDS builder for any folder of images plus an instances json; its config holds
 the split -> (images dir, json) paths. Real folders hold bad files, so generation never dies on one
 image: corrupt or truncated images are skipped, grayscale / RGBA / palette images converted to RGB,
@@ -310,7 +315,8 @@ def _stack(objects: list[dict], include_masks: bool = False) -> dict:
 
 
 def load_coco2017(split: str, data_dir: str) -> tf.data.Dataset:
-  """TFDS coco/2017 `split` from `data_dir`, with `objects/label` mapped to COCO category ids."""
+  """TFDS coco/2017 `split` from `data_dir`, with `objects/label` mapped to COCO category ids
+  and `objects/area` (int64 there) cast to float32."""
   path = os.path.join(data_dir, 'coco', '2017')
   if not os.path.isdir(path):
     raise FileNotFoundError(
@@ -322,10 +328,13 @@ def load_coco2017(split: str, data_dir: str) -> tf.data.Dataset:
 
 
 def coco_ids_from_tfds_labels(example: dict) -> dict:
-  """Replaces TFDS coco's contiguous `objects/label` 0..79 by the COCO category ids 1..90."""
+  """Replaces TFDS coco's contiguous `objects/label` 0..79 by the COCO category ids 1..90 (and
+  casts `objects/area` to float32, as COCO folders store it)."""
   objects = dict(example['objects'])
   table = tf.constant(COCO_CATEGORY_IDS, tf.int64)
   objects['label'] = tf.gather(table, tf.cast(objects['label'], tf.int64))
+  if 'area' in objects:
+    objects['area'] = tf.cast(objects['area'], tf.float32)
   return {**example, 'objects': objects}
 
 

@@ -18,10 +18,10 @@ small dataset from a seed: `<root>/<split>/images/<id>.png|jpg` and the standard
   object with fewer than `MIN_VISIBLE_FRACTION` of its in-image pixels, or fewer than
   `MIN_VISIBLE_PIXELS`, left visible is dropped from the annotations (its few remaining pixels stay
   in the image as unlabelled clutter, as in real data).
-- **Masks** of iscrowd=0 objects are COCO polygons: the shape's own outline when it is whole and
-  inside the image, else the traced pixel boundary of its visible mask (split along a column where
-  the mask has holes, because COCO polygons are unioned and cannot express holes). Pixels are
-  rasterised by pycocotools from those very polygons, so masks agree with the drawn pixels exactly.
+- **Masks** of iscrowd=0 objects are the shape's own outline (a COCO polygon) when it is whole and
+  inside the image, else the compressed RLE of its visible mask (`pycocotools.mask.encode`).
+  Shapes are painted where pycocotools rasterises their polygons, so masks agree with the drawn
+  pixels exactly.
 - **Crowds:** about 15% of the images hold one cluster of 6-16 small shapes of a class, annotated
   once with iscrowd=1 and an uncompressed RLE (COCO's crowd format; equal to `mask.encode`).
 
@@ -48,13 +48,15 @@ from PIL import Image
 # Re-exported: the mask encodings live in coco_masks.
 from spinenet_jax.data.coco_masks import (
   as_polygon,
-  mask_polygons,
+  encode,
   rasterize,
   tight_bbox,
   uncompressed_rle,
 )
 
-GENERATOR_VERSION = 1
+# 2: segmentations of occluded or cut objects are RLE, not traced polygons (same masks, boxes,
+# areas and images as 1).
+GENERATOR_VERSION = 2
 CATEGORIES: tuple[dict, ...] = (
   {'id': 1, 'name': 'circle', 'supercategory': 'round'},
   {'id': 2, 'name': 'square', 'supercategory': 'polygon'},
@@ -264,7 +266,7 @@ def _annotation(obj: _Drawn, visible: np.ndarray, area: int) -> dict:
   elif obj.outline is not None and area == obj.area:
     segmentation = [obj.outline]
   else:
-    segmentation = mask_polygons(visible)
+    segmentation = encode(visible)
   return {'segmentation': segmentation, 'area': float(area), 'iscrowd': obj.iscrowd,
           'bbox': tight_bbox(visible), 'category_id': obj.category_id}
 

@@ -7,7 +7,19 @@ is submitted, padded slots with score -1 included (`drop_padded=True` leaves the
 
 Ground truth comes from the dataset's instances json (any COCO-format dataset, or COCO's
 `instances_val2017.json`), or, when there is none (TFDS `coco/2017`), from the evaluation batches
-themselves: boxes back in original pixels, area = w h, crowd flags kept, as official.
+themselves, as the official `convert_groundtruths_to_coco_dataset` builds it from the eval parser's
+`groundtruths` (crowd flags kept):
+- boxes: `gt_original_boxes`, the dataset's boxes in original-image pixels (official); without
+  that key, `gt_boxes` / image scale (these were clipped to the output canvas, so boxes reaching
+  the right or bottom edge come back up to 1/scale px smaller than in the json);
+- area: `gt_areas`, the dataset's `objects/area` (official `areas`). COCO's are segmentation
+  areas, and pycocotools picks the small / medium / large objects (APs/APm/APl, ARs/ARm/ARl) by
+  `area`, so these metrics equal the json's only with them. Without the key (or with -1 in a
+  valid row), the box area w h is used, as official without `areas`.
+Differences left with the json: TFDS coco/2017 stores areas as int64 (the json's areas truncated),
+so an object whose json area lies in (1024, 1025) or (9216, 9217) px falls on a range boundary;
+and the rows are those the eval parser keeps (boxes non-empty after the clip to the canvas, at
+most `max_num_instances`), where official drops none but also truncates.
 """
 
 from __future__ import annotations
@@ -54,8 +66,10 @@ class CocoEvaluator:
              groundtruth: dict | None = None) -> None:
     """One batch. `detections`: detection_boxes [B, M, 4] (canvas pixels), detection_scores
     [B, M], detection_classes [B, M]; `image_info` [B, 4, 2]; `source_id` [B] (-1: padding).
-    `groundtruth` (needed without an annotation file): gt_boxes [B, G, 4] canvas pixels,
-    gt_classes [B, G] (-1 padding), gt_is_crowd [B, G]."""
+    `groundtruth` (needed without an annotation file, ignored with one): gt_boxes [B, G, 4]
+    canvas pixels, gt_classes [B, G] (-1 padding), optional gt_is_crowd [B, G] (default 0),
+    gt_areas [B, G] and gt_original_boxes [B, G, 4] in original-image pixels (see the module
+    docstring for their defaults); other keys are ignored."""
     image_info = np.asarray(image_info, np.float64)
     source_id = np.asarray(source_id).reshape(-1)
     scale = np.tile(image_info[:, 2, :], 2)[:, None, :]                  # [B, 1, 4]
@@ -78,16 +92,21 @@ class CocoEvaluator:
                        scale: np.ndarray) -> None:
     height, width = info[0]
     self._gt_images.append({'id': image_id, 'height': float(height), 'width': float(width)})
-    boxes = _xywh(np.asarray(gt['gt_boxes'][i], np.float64) / scale)
+    if 'gt_original_boxes' in gt:
+      boxes = _xywh(np.asarray(gt['gt_original_boxes'][i], np.float64))
+    else:
+      boxes = _xywh(np.asarray(gt['gt_boxes'][i], np.float64) / scale)
     classes = np.asarray(gt['gt_classes'][i])
-    crowd = np.asarray(gt.get('gt_is_crowd', np.zeros_like(classes))[i])
-    for box, cls, is_crowd in zip(boxes, classes, crowd):
+    crowd = np.asarray(gt['gt_is_crowd'][i]) if 'gt_is_crowd' in gt else np.zeros_like(classes)
+    box_areas = boxes[:, 2] * boxes[:, 3]
+    areas = np.asarray(gt['gt_areas'][i], np.float64) if 'gt_areas' in gt else box_areas
+    areas = np.where(areas < 0, box_areas, areas)   # -1: padding, or no area known
+    for box, cls, is_crowd, area in zip(boxes, classes, crowd, areas):
       if cls <= 0:
         continue
       self._gt_annotations.append({
           'id': len(self._gt_annotations) + 1, 'image_id': image_id, 'category_id': int(cls),
-          'bbox': [float(v) for v in box], 'area': float(box[2] * box[3]),
-          'iscrowd': int(is_crowd)})
+          'bbox': [float(v) for v in box], 'area': float(area), 'iscrowd': int(is_crowd)})
 
   def _groundtruth(self) -> COCO:
     if self.annotation_file is not None:

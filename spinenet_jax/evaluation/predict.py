@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from spinenet_jax.data import preprocess
-from spinenet_jax.training import data as data_lib
+from spinenet_jax.data import datasets, preprocess
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -36,15 +36,20 @@ def _read(path: str) -> np.ndarray | None:
 
 
 def _prepare(pixels: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
-  pc = data_lib.parser_config(config)
+  pc = datasets.parser_config(config)
   image, info = preprocess.resize_and_crop_image(
       preprocess.normalize_image(tf.constant(pixels)), pc.output_size, pc.padded_size)
   return image.numpy(), info.numpy()
 
 
-def predict_folder(config, workdir: str) -> dict:
-  """Writes `detections.json` (COCO results), `images.json` and one PNG per image."""
-  from spinenet_jax.training import loop
+def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
+                   variables: dict) -> dict:
+  """Runs `predict(variables, batch)` (a jitted detect function at the config's input size) on
+  every image of `config.predict.input_dir`; writes `detections.json` (COCO results, original
+  pixels), `images.json` and one PNG per image with the detections drawn.
+
+  Raises FileNotFoundError when the folder is missing or holds no images.
+  """
   input_dir = config.predict.input_dir
   if not input_dir or not os.path.isdir(input_dir):
     raise FileNotFoundError(f'config.predict.input_dir={input_dir!r} is not a folder of images.')
@@ -53,10 +58,8 @@ def predict_folder(config, workdir: str) -> dict:
   files = sorted(f for f in os.listdir(input_dir) if f.lower().endswith(IMAGE_SUFFIXES))
   if not files:
     raise FileNotFoundError(f'No {"/".join(IMAGE_SUFFIXES)} files in {input_dir}.')
-  model, variables, _ = loop.load_for_eval(config, workdir)
-  size = data_lib.parser_config(config).padded_size
-  predict = loop.predict_step_for(model, config)
-  names = data_lib.category_names(config, workdir)
+  size = datasets.parser_config(config).padded_size
+  names = datasets.category_names(config, workdir)
   images, results, skipped = [], [], 0
   batch_size = config.eval.batch_size
   for start in range(0, len(files), batch_size):

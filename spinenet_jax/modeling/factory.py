@@ -1,4 +1,6 @@
-"""Builds models from `ml_collections` configs (see `configs/base.py` for the fields)."""
+"""Model settings from `ml_collections` configs (see `configs/base.py` for the fields).
+
+The detectors (`spinenet_jax/detectors/`) build their modules from these."""
 
 from __future__ import annotations
 
@@ -35,7 +37,12 @@ def backbone_config(model_config) -> SpineNetConfig:
 
 
 def build_backbone(model_config) -> SpineNet:
-  return SpineNet(backbone_config(model_config), dtype=compute_dtype(model_config.dtype))
+  return build_backbone_from(backbone_config(model_config), model_config.dtype)
+
+
+def build_backbone_from(config: SpineNetConfig, dtype: str = 'float32') -> SpineNet:
+  """The SpineNet of `config` computing in the dtype named `dtype`."""
+  return SpineNet(config, dtype=compute_dtype(dtype))
 
 
 def retinanet_config(model_config) -> RetinaNetConfig:
@@ -50,10 +57,6 @@ def retinanet_config(model_config) -> RetinaNetConfig:
   return RetinaNetConfig(backbone, HeadConfig(**head),
                          AnchorConfig(min_level=backbone.min_level, max_level=backbone.max_level,
                                       **anchors))
-
-
-def build_model(model_config) -> RetinaNet:
-  return RetinaNet(retinanet_config(model_config), dtype=compute_dtype(model_config.dtype))
 
 
 def loss_config(config) -> LossConfig:

@@ -7,7 +7,10 @@ explicitly by the kernel size ("fixed", independent of the input size) unless `c
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -92,6 +95,22 @@ class EvoNormS0(nn.Module):
     return y.astype(self.dtype)
 
 
+_BATCH_NORM_AXIS: contextvars.ContextVar[str | tuple[str, ...] | None] = contextvars.ContextVar(
+    'batch_norm_axis', default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_axis(name: str | tuple[str, ...] | None) -> Iterator[None]:
+  """Batch norm traced inside this context averages its statistics over the vmapped (or mapped)
+  axis `name` as well: one global batch split into replica groups keeps global statistics (the
+  official sync BN). Read at trace time."""
+  token = _BATCH_NORM_AXIS.set(name)
+  try:
+    yield
+  finally:
+    _BATCH_NORM_AXIS.reset(token)
+
+
 class Norm(nn.Module):
   """Normalization followed by an optional activation.
 
@@ -117,6 +136,7 @@ class Norm(nn.Module):
           epsilon=c.epsilon,
           dtype=self.dtype,
           use_fast_variance=False,  # E[(x - mean)^2]: no cancellation on large activations
+          axis_name=_BATCH_NORM_AXIS.get(),
           name='bn')(x)
     return activation_fn(activation)(x) if activation else x
 
@@ -141,11 +161,12 @@ class ConvNorm(nn.Module):
 
 
 def drop_connect(x: Array, rate: float, rng: Array) -> Array:
-  """Official stochastic depth: per-sample mask floor(keep + U[0,1)), output x / keep * mask."""
-  keep = 1.0 - rate
-  noise = jax.random.uniform(rng, (x.shape[0],) + (1,) * (x.ndim - 1), dtype=jnp.float32)
-  mask = jnp.floor(keep + noise).astype(x.dtype)
-  return x / jnp.asarray(keep, x.dtype) * mask
+  """Official stochastic depth: each sample kept with probability keep = 1 - rate (then x / keep)
+  or zeroed whole, i.e. dropout with one draw per sample (`nn.Dropout` broadcast over all axes
+  but the batch). The official floor(keep + U[0, 1)) mask is a Bernoulli(keep) draw too."""
+  dropout = nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False,
+                       parent=None)  # a standalone module, applied as a function of `rng`
+  return dropout.apply({}, x, rng=rng)
 
 
 def dropblock(x: Array, keep_prob: float, block_size: int, rng: Array) -> Array:

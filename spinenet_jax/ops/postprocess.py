@@ -7,10 +7,25 @@ image). Per class: top `pre_nms_num_boxes` by score, TF1 NMS (score > 0.05, supp
 Classes come out as index + 1, i.e. COCO category ids. Padded slots keep the official boxes (the
 class's top-scoring box) and score -1.
 
-Speed without changing the result: when at most `pre_nms_num_boxes` anchors score above the
-threshold in any class (every realistic case), each class's top-k holds all of its candidates, so
-NMS runs on that shared candidate set directly. Otherwise a `lax.cond` takes the literal per-class
-top-k. Everything is fixed-shape and jit-compiled.
+Speed without changing the result: when, in every image of the batch, at most k =
+`pre_nms_num_boxes` anchors have a best (max over classes) score above `score_threshold` (every
+realistic case), all classes share one candidate set: the k anchors with the best max-over-classes
+score, in anchor order. Otherwise a `lax.cond` takes the literal per-class top-k. Counting per class
+is not enough: with 4 classes of 50 disjoint candidates and k = 60 each class fits, yet a shared set
+of 60 would drop 140 of the 200 that the per-class top-k keeps.
+
+Why the shared set gives the official result bit for bit:
+- It holds every anchor whose best score is > threshold (there are at most k, and they outrank the
+  rest), hence every anchor scoring > threshold in any class. In the official path those anchors are
+  in their class's top-k too (a class has no more of them than the union, <= k).
+- NMS (`nms.greedy_nms`, like the TF kernel) only ever selects candidates scoring > threshold, and
+  whether one survives depends only on those selected before it. So both paths select from the same
+  anchors with the same boxes and scores; ties go to the lower anchor index in both (anchor order
+  here; the per-class top-k lists equal scores by lower index). Same selections, same order.
+- Candidates at or below threshold differ between the paths but are never selected, and padded slots
+  do not read the candidates: they take the class's top box (argmax over all anchors, lower index on
+  ties), which is index 0 of the official per-class top-k list, in both branches.
+Everything is fixed-shape and jit-compiled.
 """
 
 from __future__ import annotations
@@ -76,13 +91,20 @@ def _candidates_per_class(boxes: Array, scores: Array, k: int):
   return cand_boxes, cand_scores
 
 
+def _shared_candidates_exact(scores: Array, k: int, score_threshold: float) -> Array:
+  """Whether `_candidates_shared` gives the official result: in every image at most k anchors
+  have a max-over-classes score > score_threshold (see the module docstring)."""
+  above = jnp.max(scores, axis=-1) > score_threshold          # [B, N]
+  return jnp.all(jnp.sum(above, axis=-1) <= k)
+
+
 def _per_class_detections(boxes: Array, scores: Array, config: DetectionConfig):
   b, n, c = scores.shape
   k = min(n, config.pre_nms_num_boxes)
-  crowded = jnp.any(jnp.sum(scores > config.score_threshold, axis=1) > k)
   cand_boxes, cand_scores = jax.lax.cond(
-      crowded, lambda: _candidates_per_class(boxes, scores, k),
-      lambda: _candidates_shared(boxes, scores, k))
+      _shared_candidates_exact(scores, k, config.score_threshold),
+      lambda: _candidates_shared(boxes, scores, k),
+      lambda: _candidates_per_class(boxes, scores, k))
   selected, num = nms.greedy_nms(cand_boxes, cand_scores, config.max_total_size,
                                  config.nms_iou_threshold, config.score_threshold)
   det_boxes = jnp.take_along_axis(cand_boxes, selected[..., None], axis=2)   # [B, C, M, 4]

@@ -62,6 +62,15 @@ def train_image_size(config, step: int) -> tuple[int, int]:
   return tuple(t.low_res_image_size if step < t.low_res_steps else config.input.image_size)
 
 
+def phases(config) -> list[tuple[int, int, tuple[int, int]]]:
+  """[(first step, end step, input size)] of the run: one phase, or two with progressive resizing."""
+  t = config.train
+  full = tuple(config.input.image_size)
+  if not t.low_res_steps:
+    return [(0, t.total_steps, full)]
+  return [(0, t.low_res_steps, tuple(t.low_res_image_size)), (t.low_res_steps, t.total_steps, full)]
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Applies the smoke switch and checks settings that would otherwise fail deep in the run."""
   if config.get('smoke'):
@@ -76,6 +85,15 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ValueError(f'config.train.low_res_steps={t.low_res_steps} must be 0 (off) or between '
                        f'1 and config.train.total_steps - 1 = {t.total_steps - 1}.')
     _check_size('config.train.low_res_image_size', t.low_res_image_size, config)
+  modes = ('per_replica', 'global')
+  if t.gradient_clip_mode not in modes:
+    raise ValueError(f'config.train.gradient_clip_mode must be one of {modes}, got '
+                     f'{t.gradient_clip_mode!r}.')
+  if t.gradient_clip_mode == 'per_replica' and t.gradient_clip_norm and \
+      not config.loss.get('normalizer_group_size'):
+    raise ValueError("config.train.gradient_clip_mode='per_replica' clips the replica groups of "
+                     'the loss normalizer, but config.loss.normalizer_group_size is None: set it '
+                     "(official: 8) or use config.train.gradient_clip_mode='global'.")
   for key in ('log_every_steps', 'checkpoint_every_steps'):
     if t[key] <= 0:
       raise ValueError(f'config.train.{key} must be positive, got {t[key]}.')

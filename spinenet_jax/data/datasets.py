@@ -28,14 +28,23 @@ class Split:
   annotation_file: str | None        # COCO instances json for evaluation, if any
 
 
-def parser_config(config, image_size: tuple[int, int] | None = None) -> parser.ParserConfig:
-  """The parser settings of `config`, at `image_size` if given (else config.input.image_size)."""
+def parser_config(config, image_size: tuple[int, int] | None = None,
+                  **options) -> parser.ParserConfig:
+  """The parser settings of `config`, at `image_size` if given (else config.input.image_size).
+
+  `options` are further `ParserConfig` fields a detector needs (`Detector.parser_options`, e.g.
+  include_masks); `config.input.include_masks` asks for masks too.
+  """
   c = config.input
-  return parser.ParserConfig(
+  fields = dict(
       output_size=tuple(image_size or c.image_size), max_level=config.model.backbone.max_level,
       aug_scale_min=c.aug_scale_min, aug_scale_max=c.aug_scale_max,
       aug_rand_hflip=c.aug_rand_hflip, skip_crowd_during_training=c.skip_crowd_during_training,
       max_num_instances=c.max_num_instances)
+  if c.get('include_masks'):
+    fields.update(include_masks=True, mask_crop_size=c.mask_crop_size)
+  fields.update(options)
+  return parser.ParserConfig(**fields)
 
 
 def _tfds_dir(config, workdir: str) -> str:
@@ -82,15 +91,18 @@ def _per_process(global_batch: int, name: str) -> int:
 
 
 def train_batches(config, split: Split, start_batch: int,
-                  image_size: tuple[int, int] | None = None) -> tf.data.Dataset:
+                  image_size: tuple[int, int] | None = None, **options) -> tf.data.Dataset:
+  """This process's share of the training batches from batch `start_batch` on; `options` as in
+  `parser_config`."""
   per_process = _per_process(config.train.global_batch_size, 'config.train.global_batch_size')
   return input_pipeline.train_dataset(
-      split.dataset, per_process, parser_config(config, image_size), seed=config.seed,
+      split.dataset, per_process, parser_config(config, image_size, **options), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       shuffle_buffer=config.data.shuffle_buffer, start_batch=start_batch)
 
 
 def eval_batches(config, split: Split) -> tf.data.Dataset:
+  """This process's share of the evaluation batches (one pass, padded to whole batches)."""
   per_process = _per_process(config.eval.batch_size, 'config.eval.batch_size')
   num_batches = input_pipeline.eval_num_batches(split.num_examples, per_process,
                                                 jax.process_count())

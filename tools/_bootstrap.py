@@ -1,8 +1,0 @@
-"""Puts the repository root on sys.path so tools run as `python tools/<tool>.py` from anywhere."""
-
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
