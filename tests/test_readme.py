@@ -45,3 +45,8 @@ def test_readme_python_snippets_run(fast_compiles):
   assert all(np.isfinite(float(v)) for v in ns['loss'].values())
   assert ns['dets']['detection_boxes'].shape == (2, 100, 4)
   assert ns['dets']['detection_scores'].shape == (2, 100)
+  # The detector interface block.
+  assert sorted(ns['terms']) == ['cls_loss', 'weighted_box_loss']
+  assert sorted(ns['metrics']) == ['box_loss', 'num_positives']
+  assert all(np.isfinite(float(v)) for v in ns['terms'].values())
+  assert set(ns['batch_stats']) == {'backbone', 'head'}

@@ -264,3 +264,25 @@ def test_per_replica_clipping_needs_the_normalizer_groups():
     settings.finalize(config)
   with pytest.raises(ValueError, match="gradient_clip_mode must be one of"):
     settings.finalize(tiny_config(gradient_clip_mode='per_device'))
+
+
+def test_checkpoints_that_all_fail_to_restore_stop_the_run(tmp_path):
+  # Starting afresh would silently lose their work (and rotate them out): an error instead.
+  directory = str(tmp_path / 'checkpoints')
+  ckpt = ckpt_lib.Checkpoints(directory, keep=5)
+  ckpt.save(1, {'w': jnp.arange(4.0)}, {'step': 1})
+  ckpt.close()
+  ckpt = ckpt_lib.Checkpoints(directory, keep=5)
+  with pytest.raises(RuntimeError, match=r'None of the checkpoints in .* \(steps \[1\]\) can be '
+                                         'restored'):
+    ckpt.restore_latest({'w': jnp.arange(4.0), 'extra': jnp.zeros(2)})
+  ckpt.close()
+
+
+def test_optimizer_state_has_one_structure_whatever_the_clipping():
+  shapes = []
+  for norm, mode in ((10.0, 'global'), (0.0, 'global'), (10.0, 'per_replica')):
+    from spinenet_jax.training.trainer import make_optimizer
+    config = tiny_config(gradient_clip_norm=norm, gradient_clip_mode=mode)
+    shapes.append(jax.tree_util.tree_structure(make_optimizer(config).init({'w': jnp.zeros(3)})))
+  assert shapes[0] == shapes[1] == shapes[2]

@@ -7,8 +7,9 @@ forward, the detection generator and the anchor labels; reports images/s and pea
       [--reference_python=/path/to/tf-models-official/venv/bin/python]
 
 The compute dtype is the config's on a CPU and bfloat16 on an accelerator, unless --dtype says
-otherwise. The batch is split over all local devices as in training (a multiple of the device
-count). Every measurement is the median wall time of --steps runs after one warm-up run (compile
+otherwise. The batch is split over all devices as in training (a multiple of the device count);
+where one device holds fewer images than `config.loss.normalizer_group_size`, the groups shrink to
+fit (reported as `normalizer_group_size`). Every measurement is the median wall time of --steps runs after one warm-up run (compile
 excluded), with results blocked on. `--reference_python` runs tools/benchmark_tf_reference.py (TF
 Model Garden's SpineNet-49 RetinaNet) under that interpreter in the same run and adds the ratios.
 `--reference_torch` times the same model and weights exported to PyTorch (tools/pytorch_spinenet.py)
@@ -19,6 +20,7 @@ command.
 """
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -141,6 +143,11 @@ def _config(config):
   config.model.dtype = _DTYPE.value or ('bfloat16' if accelerator else config.model.dtype)
   config.train.global_batch_size = _BATCH.value
   config.init_checkpoint = None
+  # Small benchmark batches: normalizer (and per-replica clip) groups of what one device holds.
+  group = config.loss.normalizer_group_size
+  per_device = _BATCH.value // jax.device_count()
+  if group and per_device % group:
+    config.loss.normalizer_group_size = math.gcd(group, per_device)
   return settings.finalize(config)
 
 
@@ -192,6 +199,7 @@ def main(argv):
   result = {'model': detector.type, 'model_id': config.model.backbone.model_id,
             'image_size': list(size), 'batch_size': _BATCH.value, 'dtype': config.model.dtype,
             'gradient_clip_mode': config.train.gradient_clip_mode,
+            'normalizer_group_size': config.loss.normalizer_group_size,
             'devices': jax.device_count(), 'device': str(jax.devices()[0].device_kind),
             'jax': jax.__version__, 'host': platform.node(), 'cpus': os.cpu_count()}
   if 'train' in only:

@@ -78,8 +78,9 @@ class RetinaNetDetector(base.Detector):
            rngs: Mapping[str, Array]) -> tuple[dict[str, Array], dict[str, Array], Any]:
     """Focal class loss and weighted box loss over the batch (official normalizers).
 
-    Terms: 'cls_loss' and 'box_loss' (already weighted: 50 x Huber, or the GIoU weight).
-    Metrics: 'num_positives' (mean positive anchors per image).
+    Terms: 'cls_loss' and 'weighted_box_loss' (50 x Huber, or the GIoU weight x GIoU).
+    Metrics: 'box_loss' (unweighted, as the official code reports it), 'num_positives' (mean
+    positive anchors per image).
     """
     images = batch['images']
     image_size = tuple(images.shape[1:3])
@@ -95,8 +96,9 @@ class RetinaNetDetector(base.Detector):
                                   box_targets, labels.num_positives, self.loss_config, per_level)
     c = self.loss_config
     weight = c.box_loss_weight if c.box_loss == 'huber' else c.giou_weight
-    return ({'cls_loss': terms['cls_loss'], 'box_loss': weight * terms['box_loss']},
-            {'num_positives': jnp.mean(labels.num_positives)}, updates['batch_stats'])
+    return ({'cls_loss': terms['cls_loss'], 'weighted_box_loss': weight * terms['box_loss']},
+            {'box_loss': terms['box_loss'], 'num_positives': jnp.mean(labels.num_positives)},
+            updates['batch_stats'])
 
   def detect(self, variables: base.Variables, batch: Mapping[str, Array]) -> dict[str, Array]:
     images = batch['images']

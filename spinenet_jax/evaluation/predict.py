@@ -42,6 +42,18 @@ def _prepare(pixels: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
   return image.numpy(), info.numpy()
 
 
+def image_files(config) -> list[str]:
+  """The image file names of `config.predict.input_dir`, sorted; raises FileNotFoundError (naming
+  the key) when it is not a folder or holds no images. Cheap: call it before loading a model."""
+  input_dir = config.predict.input_dir
+  if not input_dir or not os.path.isdir(input_dir):
+    raise FileNotFoundError(f'config.predict.input_dir={input_dir!r} is not a folder of images.')
+  files = sorted(f for f in os.listdir(input_dir) if f.lower().endswith(IMAGE_SUFFIXES))
+  if not files:
+    raise FileNotFoundError(f'No {"/".join(IMAGE_SUFFIXES)} files in {input_dir}.')
+  return files
+
+
 def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
                    variables: dict) -> dict:
   """Runs `predict(variables, batch)` (a jitted detect function at the config's input size) on
@@ -50,14 +62,10 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
 
   Raises FileNotFoundError when the folder is missing or holds no images.
   """
+  files = image_files(config)
   input_dir = config.predict.input_dir
-  if not input_dir or not os.path.isdir(input_dir):
-    raise FileNotFoundError(f'config.predict.input_dir={input_dir!r} is not a folder of images.')
   out_dir = config.predict.output_dir or os.path.join(workdir, 'predictions')
   os.makedirs(out_dir, exist_ok=True)
-  files = sorted(f for f in os.listdir(input_dir) if f.lower().endswith(IMAGE_SUFFIXES))
-  if not files:
-    raise FileNotFoundError(f'No {"/".join(IMAGE_SUFFIXES)} files in {input_dir}.')
   size = datasets.parser_config(config).padded_size
   names = datasets.category_names(config, workdir)
   images, results, skipped = [], [], 0

@@ -67,9 +67,10 @@ def evaluate(predict: Callable, variables: dict, mesh: Mesh, config, split: data
   with open(os.path.join(out_dir, f'metrics_{step}.json'), 'w') as f:
     json.dump(dict(metrics, step=step, num_images=num_images), f, indent=2)
   if config.eval.save_detections:
-    results = [r for e in evaluators.values() for r in e.results()]
-    with open(os.path.join(out_dir, f'detections_{step}.json'), 'w') as f:
-      json.dump(results, f)
+    for eval_type, e in evaluators.items():
+      name = 'detections' if eval_type == 'bbox' else f'{eval_type}_detections'
+      with open(os.path.join(out_dir, f'{name}_{step}.json'), 'w') as f:
+        json.dump(e.results(), f)
   if writer is not None:
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
     writer.flush()

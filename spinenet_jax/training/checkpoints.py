@@ -42,12 +42,16 @@ class Checkpoints:
     return self.manager.save(step, args=args, force=force)
 
   def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
-    """(state, meta) of the newest readable checkpoint, arrays placed as in `like`; None if none.
+    """(state, meta) of the newest readable checkpoint, arrays placed as in `like`; None if there
+    is no checkpoint.
 
     `like` is a state (or tree of jax.ShapeDtypeStruct) with the target shapes and shardings.
+    Raises RuntimeError when checkpoints exist but none can be restored (starting afresh would
+    silently throw their work away, and the new saves would rotate them out).
     """
     abstract = jax.tree_util.tree_map(_abstract, like)
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -57,6 +61,11 @@ class Checkpoints:
         continue
       log.info('Restored checkpoint of step %d from %s.', step, self.directory)
       return restored['state'], dict(restored['meta'])
+    if steps:
+      raise RuntimeError(
+          f'None of the checkpoints in {self.directory} (steps {steps}) can be restored into this '
+          "config's train state (see the warnings above: unreadable files, or a model or optimizer "
+          'of another shape). Fix the config to match them, or move them away to start afresh.')
     return None
 
   def close(self) -> None:

@@ -40,8 +40,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _meta(config, step: int) -> dict:
-  g = config.train.global_batch_size
-  return {'step': step, 'examples_seen': step * g, 'global_batch_size': g, 'seed': config.seed}
+  t = config.train
+  g = t.global_batch_size
+  return {'step': step, 'examples_seen': step * g, 'global_batch_size': g, 'seed': config.seed,
+          'gradient_clip_mode': t.gradient_clip_mode, 'gradient_clip_norm': t.gradient_clip_norm}
 
 
 def _restore(trainer: Trainer, checkpoints: ckpt_lib.Checkpoints):
@@ -55,6 +57,11 @@ def _restore(trainer: Trainer, checkpoints: ckpt_lib.Checkpoints):
     raise ValueError(f'The checkpoint in {checkpoints.directory} was written with global batch '
                      f'{meta.get("global_batch_size")} and seed {meta.get("seed")}; the config has '
                      f'{config.train.global_batch_size} and {config.seed}. Use a new workdir.')
+  t = config.train
+  for key in ('gradient_clip_mode', 'gradient_clip_norm'):
+    if key in meta and meta[key] != t[key]:
+      log.warning('Resuming with config.train.%s=%r; the checkpoint was trained with %r.', key,
+                  t[key], meta[key])
   return state, int(meta['step'])
 
 
@@ -78,6 +85,7 @@ def evaluate(trainer: Trainer, state: step_lib.TrainState, split: datasets.Split
 def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool = False) -> dict:
   """Trains to `config.train.total_steps` (resuming from `workdir`); returns the last metrics."""
   trainer = Trainer(config)
+  trainer.check_batch()
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      keep=config.train.keep_checkpoints)
   state, step = _restore(trainer, checkpoints)

@@ -50,6 +50,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_
     with open(os.path.join(workdir, f'config_{mode}.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   if mode == 'predict':
+    predict_lib.image_files(config)          # a bad input folder fails before the model loads
     detector, variables, _ = load_for_eval(config, workdir)
     return predict_lib.predict_folder(config, workdir, predict_step(detector), variables)
   if mode == 'eval':

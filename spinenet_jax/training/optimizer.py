@@ -82,9 +82,10 @@ def learning_rate_schedule(train_config) -> Schedule:
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """Clip (if `gradient_clip_norm` > 0) then SGD with momentum on the configured schedule."""
-  parts = []
-  if train_config.gradient_clip_norm and train_config.gradient_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(train_config.gradient_clip_norm))
-  parts.append(optax.sgd(learning_rate_schedule(train_config), momentum=train_config.momentum))
-  return optax.chain(*parts)
+  """Clip (if `gradient_clip_norm` > 0, else identity) then SGD with momentum on the configured
+  schedule. The clip slot is always there, so the optimizer state has one structure whatever the
+  clipping settings, and checkpoints restore across them."""
+  norm = train_config.gradient_clip_norm
+  clip = optax.clip_by_global_norm(norm) if norm and norm > 0 else optax.identity()
+  return optax.chain(clip, optax.sgd(learning_rate_schedule(train_config),
+                                     momentum=train_config.momentum))

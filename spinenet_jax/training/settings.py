@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import ml_collections
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   t.checkpoint_every_steps = 3
   t.eval_every_steps = 0
   t.low_res_steps = 0
+  if t.gradient_clip_mode == 'per_replica' and config.loss.get('normalizer_group_size'):
+    # Whole replica groups on every device of this machine (the official groups are 8 images).
+    devices = jax.device_count()
+    if t.global_batch_size % devices == 0:
+      config.loss.normalizer_group_size = min(config.loss.normalizer_group_size,
+                                              t.global_batch_size // devices)
+    else:
+      t.gradient_clip_mode = 'global'
   config.smoke = False
   return config
 

@@ -42,8 +42,9 @@ from spinenet_jax.modeling import layers
 CLIP_MODES = ('per_replica', 'global')
 REPLICA_AXIS = 'replicas'
 DATA_AXIS = 'data'           # the mesh axis batches are sharded over
-# Random streams folded into the state's key: dropout keeps the key it had before streams existed.
-SAMPLING_STREAM = 1
+# Random streams folded into the state's key: dropout keeps the key it had before streams existed
+# (fold_in(rng, step)); the sampling stream folds in a number no int32 step reaches first.
+SAMPLING_STREAM = 2**32 - 1
 
 
 @flax.struct.dataclass
@@ -90,8 +91,10 @@ def make_train_step(detector: Detector, tx: optax.GradientTransformation,
   used for the logged 'clipped' fraction only); with 'per_replica' the step clips each group of
   `group_size` images before summing (each device holding whole groups of the batch sharded
   over `mesh`'s 'data' axis) and `tx` must not clip again. Metrics: the detector's loss
-  terms and metrics, 'model_loss' (their sum), 'l2_loss', 'total_loss', 'grad_norm' (of the batch
-  gradient before clipping) and 'clipped' (fraction of replicas, or 1/0, that were clipped).
+  terms and metrics, 'model_loss' (their sum), 'l2_loss', 'total_loss', 'grad_norm' (global: the
+  batch gradient before clipping; per replica: the applied sum of clipped replica gradients, plus
+  'replica_grad_norm', the mean of the replicas' norms before clipping) and 'clipped' (fraction of
+  replicas, or 1/0, that were clipped).
   """
   if clip_mode not in CLIP_MODES:
     raise ValueError(f'config.train.gradient_clip_mode must be one of {CLIP_MODES}, '
@@ -154,15 +157,16 @@ def make_train_step(detector: Detector, tx: optax.GradientTransformation,
       stacked = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (replicas, *p.shape)),
                                        params)
       (_, (metrics, stats)), grads = jax.value_and_grad(local_total, has_aux=True)(stacked)
-      total = lambda tree: jax.tree_util.tree_map(  # noqa: E731
-          lambda g: jax.lax.psum(jnp.sum(g, axis=0), DATA_AXIS), tree)
       norms = jax.vmap(optax.tree.norm)(grads)                               # [replicas]
       clipped = jax.vmap(lambda g, n: _clip(g, n, clip_norm))(grads, norms)
+      # One all-reduce of one gradient: the sum of the clipped replica gradients.
+      applied = jax.tree_util.tree_map(
+          lambda g: jax.lax.psum(jnp.sum(g, axis=0), DATA_AXIS), clipped)
       mean = lambda x: jax.lax.pmean(jnp.mean(x), DATA_AXIS)  # noqa: E731
+      metrics = dict(jax.tree_util.tree_map(mean, metrics), replica_grad_norm=mean(norms))
       # Batch statistics are synchronized over groups and devices: every copy is the same.
-      return (total(clipped), jax.tree_util.tree_map(mean, metrics),
-              jax.tree_util.tree_map(lambda s: s[0], stats), optax.tree.norm(total(grads)),
-              mean((norms > clip_norm).astype(jnp.float32)))
+      return (applied, metrics, jax.tree_util.tree_map(lambda s: s[0], stats),
+              optax.tree.norm(applied), mean((norms > clip_norm).astype(jnp.float32)))
 
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P()),
                          out_specs=P(), check_vma=False)(

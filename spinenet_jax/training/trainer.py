@@ -46,6 +46,21 @@ class Trainer:
     self._init = functools.partial(step_lib.init_state, self.detector, self.tx, self.image_size,
                                    config.seed)
 
+  def check_batch(self) -> None:
+    """Raises ValueError, naming the keys, unless every device gets whole replica groups (the
+    per-replica clip) of the global batch; called before any data is prepared."""
+    t = self.config.train
+    group = self.config.loss.get('normalizer_group_size')
+    if t.gradient_clip_mode != 'per_replica' or not t.gradient_clip_norm or not group:
+      return
+    devices = self.mesh.size
+    if t.global_batch_size % (devices * group):
+      raise ValueError(
+          f"config.train.gradient_clip_mode='per_replica' needs whole replica groups on every "
+          f'device: config.train.global_batch_size={t.global_batch_size} must be a multiple of '
+          f'{devices} devices x config.loss.normalizer_group_size={group}. Change one of them, or '
+          "set config.train.gradient_clip_mode='global'.")
+
   def train_step_at(self, image_size: tuple[int, int]):
     """The jitted train step for inputs of `image_size` (anchors depend on it)."""
     image_size = tuple(image_size)
