@@ -79,4 +79,10 @@ def test_smoke_switch_shrinks_any_config():
   assert small.model.backbone.filter_size_scale == pytest.approx(0.25 * 1.3)
   assert tuple(small.input.image_size) == (256, 256) and small.data.source == 'synthetic'
   assert small.train.total_steps == 6 and list(small.train.learning_rate_steps) == [6, 6]
+  assert (small.data.train_split, small.data.eval_split) == ('train', 'val')   # synthetic splits
+  assert small.train.init_learning_rate == 0.02      # 0.3 in the config; its decays scale alike
+  assert list(small.train.learning_rate_levels) == pytest.approx([0.002, 0.0002])
+  # Per-replica clipping with whole groups on every device of this machine (8 simulated CPUs).
+  assert small.train.gradient_clip_mode == 'per_replica'
+  assert small.train.global_batch_size % (8 * small.loss.normalizer_group_size) == 0
   assert config.train.total_steps == 185200          # the original is untouched

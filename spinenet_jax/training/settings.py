@@ -26,6 +26,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.head.num_convs = min(config.model.head.num_convs, 2)
   config.input.image_size = (256, 256)
   config.data.source = 'synthetic'
+  config.data.train_split, config.data.eval_split = 'train', 'val'   # the synthetic set's splits
   config.eval.annotation_file = None
   config.eval.num_images = 16
   config.eval.batch_size = 8
@@ -35,7 +36,10 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   t.total_steps = 6
   t.warmup_steps = 2
   t.learning_rate_steps = [max(1, round(s * 6 / old_total)) for s in t.learning_rate_steps]
-  t.init_learning_rate = min(t.init_learning_rate, 0.02)
+  lr = min(t.init_learning_rate, 0.02)
+  # The decayed levels shrink with the initial rate (they would otherwise rise above it).
+  t.learning_rate_levels = [v * lr / t.init_learning_rate for v in t.learning_rate_levels]
+  t.init_learning_rate = lr
   t.log_every_steps = 2
   t.checkpoint_every_steps = 3
   t.eval_every_steps = 0
