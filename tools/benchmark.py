@@ -9,9 +9,10 @@ forward, the detection generator and the anchor labels; reports images/s and pea
 The compute dtype is the config's on a CPU and bfloat16 on an accelerator, unless --dtype says
 otherwise. The batch is split over all devices as in training (a multiple of the device count);
 where one device holds fewer images than `config.loss.normalizer_group_size`, the groups shrink to
-fit (reported as `normalizer_group_size`). Every measurement is the median wall time of --steps runs after one warm-up run (compile
-excluded), with results blocked on. `--reference_python` runs tools/benchmark_tf_reference.py (TF
-Model Garden's SpineNet-49 RetinaNet) under that interpreter in the same run and adds the ratios.
+fit (reported as `normalizer_group_size`). Every measurement is the median wall time of --steps
+runs after one warm-up run (compile excluded), with results blocked on. `--reference_python` runs
+tools/benchmark_tf_reference.py (TF Model Garden's SpineNet-49 RetinaNet) under that interpreter in
+the same run and adds the ratios.
 `--reference_torch` times the same model and weights exported to PyTorch (tools/pytorch_spinenet.py)
 on the same device: its forward, and a train step (forward, a sigmoid-CE + L1 loss on the raw
 outputs, backward, SGD with momentum; no anchor labelling), with autocast to bfloat16 where JAX

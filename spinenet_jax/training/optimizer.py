@@ -1,8 +1,8 @@
 """The official optimizer: SGD momentum 0.9, linear warmup, step (or cosine) decay, clipping.
 
 `tf.train.MomentumOptimizer(lr, 0.9)` keeps accum = 0.9 accum + g and applies w -= lr accum, which
-is `optax.sgd(lr, momentum=0.9)`. L2 is not here: it is part of the loss (`losses.l2_regularization`),
-so it passes through clipping and momentum as in the official code.
+is `optax.sgd(lr, momentum=0.9)`. L2 is not here: it is part of the loss
+(`losses.l2_regularization`), so it passes through clipping and momentum as in the official code.
 
 Clipping: `make_optimizer` clips the gradient of the whole batch once (`optax.clip_by_global_norm`),
 `config.train.gradient_clip_mode='global'`. The official per-replica clip (the default,
@@ -61,11 +61,15 @@ def step_schedule(init_lr: float, warmup_steps: int, warmup_lr: float,
 def cosine_schedule(init_lr: float, warmup_steps: int, warmup_lr: float,
                     total_steps: int) -> Schedule:
   """Linear warmup, then init_lr (cos(pi (step - warmup) / (total - warmup)) + 1) / 2."""
-  # optax's cosine over a unit decay, of progress = steps since warmup / decay steps rounded as the
-  # official code rounds it (optax's own pi * count / decay_steps differs by up to 2 ulps of init_lr).
+  # optax's cosine over a unit decay, of progress = steps since warmup / decay steps rounded as
+  # the official code rounds it (optax's own pi * count / decay_steps differs by up to 2 ulps of
+  # init_lr).
   decay_steps = max(total_steps - warmup_steps, 1)
   cosine = optax.cosine_decay_schedule(init_lr, decay_steps=1)
-  decay = lambda step: cosine(jnp.asarray(step, jnp.float32) / decay_steps)
+
+  def decay(step):
+    return cosine(jnp.asarray(step, jnp.float32) / decay_steps)
+
   return _with_warmup(decay, init_lr, warmup_steps, warmup_lr)
 
 

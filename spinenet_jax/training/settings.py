@@ -76,7 +76,8 @@ def train_image_size(config, step: int) -> tuple[int, int]:
 
 
 def phases(config) -> list[tuple[int, int, tuple[int, int]]]:
-  """[(first step, end step, input size)] of the run: one phase, or two with progressive resizing."""
+  """[(first step, end step, input size)] of the run: one phase, or two with progressive
+  resizing."""
   t = config.train
   full = tuple(config.input.image_size)
   if not t.low_res_steps:
