@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from spinenet_jax import distributed
+from spinenet_jax.data import coco_json
 from spinenet_jax.training import loop, modes
 
 FLAGS = flags.FLAGS
@@ -32,6 +33,9 @@ def main(argv):
   except loop.NonFiniteLossError as e:
     logging.error('%s', e)
     sys.exit(1)
+  except coco_json.DatasetError as e:   # the message says what to fix; a traceback would not
+    logging.error('%s', e)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -140,6 +140,10 @@ def get_config() -> ml_collections.ConfigDict:
       input_dir=placeholder(str),      # folder of .jpg/.png images
       output_dir=placeholder(str),     # None: <workdir>/predictions
       draw_score_threshold=0.3,
+      # Images with more pixels (width * height, read from the header) are skipped with a logged
+      # reason instead of decoded: PIL's decompression-bomb limit. Raise it for large
+      # orthomosaics and scans; 0 or None: no limit.
+      max_image_pixels=89478485,
   ))
   # A model checkpoint folder (model.json + variables/, e.g. from tools/convert_tf_checkpoint.py):
   # eval/predict use it (with its own model settings); train starts from its weights.

@@ -1,4 +1,5 @@
-"""Converting official TF1 checkpoints: strict mapping, value placement, endpoint detection, CLI."""
+"""Converting official TF1 checkpoints: strict mapping, value placement, endpoint and class count
+detection, CLI."""
 
 import json
 import os
@@ -30,8 +31,9 @@ def write_tf1_checkpoint(prefix, variables):
       return saver.save(sess, prefix)
 
 
-def official_49s_tensors(endpoints=256, with_head=True, seed=0):
-  """Tensors named and shaped as the official 49S RetinaNet graph (+ optimizer state).
+def official_49s_tensors(endpoints=256, with_head=True, seed=0, class_outputs=None):
+  """Tensors named and shaped as the official 49S RetinaNet graph (+ optimizer state); with
+  `class_outputs`, the class head's final conv has that many output channels (official: 9 x 91).
 
   Every value tells which official variable it came from: the j-th variable (1-based, file order)
   holds +-(j + U[0, 0.5)) / 1024 with random signs (moving variances positive), see `tag_of`.
@@ -47,6 +49,8 @@ def official_49s_tensors(endpoints=256, with_head=True, seed=0):
       shape = (endpoints,)
     elif name.startswith('retinanet/') and '-0/kernel' in name:
       shape = shape[:2] + (endpoints,) + shape[3:]   # the head's first convs read the endpoints
+    if name.startswith('retinanet/class_net/class-predict/') and class_outputs:
+      shape = shape[:-1] + (class_outputs,)          # a head fine-tuned on other classes
     sign = 1.0 if name.endswith('variance') else rng.choice([-1.0, 1.0], shape)
     tag = len(tensors) + 1
     tensors[name] = (sign * (tag + rng.uniform(0, 0.5, shape)) / 1024).astype(np.float32)
@@ -180,6 +184,7 @@ def test_full_retinanet_conversion_maps_the_head(tf1_checkpoint):
   config, variables, report = convert.convert('tf1', tf_checkpoint.read_tf_checkpoint(prefix),
                                               convert.model_config('tf1', '49S'))
   assert report['mapped'] == len(tensors) - 2 and report['skipped_non_backbone'] == 0
+  assert config.head.num_classes == 91 and report['num_classes'] == 91
   assert config.backbone.endpoints_num_filters == 256 and config.anchors.anchor_size == 3.0
   assert_placed_as_official(variables, tensors, list(official_variables('49S', prefix='')))
   head = variables['params']['head']
@@ -192,6 +197,52 @@ def test_full_retinanet_conversion_maps_the_head(tf1_checkpoint):
       tensors['retinanet/class_net/class-3-6/moving_variance'])
   np.testing.assert_array_equal(variables['params']['backbone']['endpoint_7']['conv']['kernel'],
                                 tensors['spinenet/conv2d_12/kernel'])
+
+
+@pytest.fixture(scope='module')
+def two_class_checkpoint(tmp_path_factory):
+  """A 49S RetinaNet fine-tuned on 2 classes (background + 1): class head 9 anchors x 2 = 18."""
+  tensors = official_49s_tensors(class_outputs=18, seed=1)
+  prefix = write_tf1_checkpoint(str(tmp_path_factory.mktemp('tf1_2') / 'model.ckpt'), tensors)
+  return prefix, tensors
+
+
+def test_class_count_is_read_from_the_class_head(two_class_checkpoint):
+  prefix, tensors = two_class_checkpoint
+  config = convert.model_config('tf1', '49S')
+  assert config.head.num_classes == 91
+  config, variables, report = convert.convert('tf1', tf_checkpoint.read_tf_checkpoint(prefix),
+                                              config)
+  assert config.head.num_classes == 2 and report['num_classes'] == 2
+  assert report['mapped'] == len(tensors) - 2
+  predict = variables['params']['head']['class_predict']['conv']
+  assert predict['kernel'].shape == (3, 3, 128, 18)
+  np.testing.assert_array_equal(predict['kernel'],
+                                tensors['retinanet/class_net/class-predict/kernel'])
+  np.testing.assert_array_equal(predict['bias'], tensors['retinanet/class_net/class-predict/bias'])
+  assert_placed_as_official(variables, tensors, list(official_variables('49S', prefix='')))
+  # An agreeing explicit count is accepted.
+  again, _, _ = convert.convert('tf1', tensors, convert.model_config('tf1', '49S'), num_classes=2)
+  assert again.head.num_classes == 2
+
+
+def test_class_count_disagreeing_with_the_checkpoint_is_an_error(two_class_checkpoint):
+  _, tensors = two_class_checkpoint
+  with pytest.raises(ValueError, match=r'num_classes=91 \(--num_classes\) disagrees with the '
+                     r'checkpoint: class head retinanet/class_net/class-predict/kernel has shape '
+                     r'\(3, 3, 128, 18\), i.e. 2 classes'):
+    convert.convert('tf1', tensors, convert.model_config('tf1', '49S'), num_classes=91)
+  with pytest.raises(ValueError, match='no effect on a backbone-only conversion'):
+    convert.convert('tf1', tensors, convert.model_config('tf1', '49S'), backbone_only=True,
+                    num_classes=2)
+
+
+def test_class_channels_not_divisible_by_the_anchors_are_an_error():
+  tensors = official_49s_tensors(class_outputs=20)
+  with pytest.raises(ValueError, match=r'class head retinanet/class_net/class-predict/kernel '
+                     r'has shape \(3, 3, 128, 20\): its 20 output channels are not anchors x '
+                     r'classes for 9 anchors per location'):
+    convert.convert('tf1', tensors, convert.model_config('tf1', '49S'))
 
 
 def test_unmapped_variables_are_an_error(tf1_checkpoint):
@@ -238,6 +289,7 @@ def test_cli_converts_dumps_features_and_reloads(tf1_checkpoint, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.splitlines()[0])
   assert report['format'] == 'tf1' and report['mapped'] == len(tensors) - 2
+  assert report['num_classes'] == 91
 
   config, variables, info = model_io.load_model(str(out_dir))
   backbone = config.backbone
@@ -259,3 +311,16 @@ def test_cli_converts_dumps_features_and_reloads(tf1_checkpoint, tmp_path):
   again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert again.returncode != 0 and 'already holds a model checkpoint' in again.stderr
   assert 'Traceback' not in again.stderr
+
+
+def test_cli_num_classes_must_agree_with_the_checkpoint(tf1_checkpoint, tmp_path):
+  prefix, _ = tf1_checkpoint
+  cmd = [sys.executable, os.path.join(ROOT, 'tools', 'convert_tf_checkpoint.py'), '--format=tf1',
+         '--model_id=49S', f'--checkpoint={prefix}', f'--output={tmp_path / "out"}',
+         '--num_classes=2']
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert ('num_classes=2 (--num_classes) disagrees with the checkpoint: class head '
+          'retinanet/class_net/class-predict/kernel has shape (3, 3, 128, 819), i.e. 91 classes'
+          in result.stderr)
+  assert not os.path.exists(tmp_path / 'out')

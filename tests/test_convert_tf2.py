@@ -43,7 +43,9 @@ def test_tf2_names_cover_model_garden_backbone(model_id):
   assert name_shapes(names, variables) == official
 
 
-def _golden(name):
+def _golden(name, num_classes=None):
+  """(config, variables, report, io) of a golden; `num_classes` replaces the head's in the config
+  passed to the converter (the checkpoint's count should win)."""
   folder = os.path.join(GARDEN, f'golden_{name}')
   with open(os.path.join(folder, 'settings.json')) as f:
     settings = json.load(f)
@@ -53,7 +55,8 @@ def _golden(name):
       endpoints_num_filters=settings['endpoints_num_filters'], activation=settings['activation'],
       conv_padding='same', resample_pooling='model_garden',
       norm=layers.NormConfig(momentum=settings['norm_momentum'], epsilon=settings['norm_epsilon']))
-  config = RetinaNetConfig(backbone, HeadConfig(**settings['head']))
+  head = dict(settings['head'], **({} if num_classes is None else {'num_classes': num_classes}))
+  config = RetinaNetConfig(backbone, HeadConfig(**head))
   tensors = tf_checkpoint.read_tf_checkpoint(os.path.join(folder, 'ckpt'))
   config, variables, report = convert.convert('tf2', tensors, config, keep_dtype=True)
   io = dict(np.load(os.path.join(folder, 'io.npz')))
@@ -119,3 +122,17 @@ def test_model_only_checkpoint_prefix_is_detected():
                                   'VARIABLE_VALUE', 'model/_head/x']) == 'model/_backbone'
   with pytest.raises(ValueError, match='no Model Garden SpineNet backbone'):
     tf2_names.detect_prefix(['spinenet/conv2d/kernel'])
+
+
+def test_class_count_is_read_from_the_model_garden_classifier():
+  name = GOLDENS[0]
+  with open(os.path.join(GARDEN, f'golden_{name}', 'settings.json')) as f:
+    classes = json.load(f)['head']['num_classes']
+  config, variables, report, _ = _golden(name, num_classes=91)
+  assert config.head.num_classes == classes == report['num_classes'] != 91
+  kernel = variables['params']['head']['class_predict']['conv']['kernel']
+  assert kernel.shape[-1] == 9 * classes
+  with pytest.raises(ValueError, match=rf'num_classes=91 \(--num_classes\) disagrees with the '
+                     rf'checkpoint: class head head/_classifier/kernel.* {classes} classes'):
+    convert.convert('tf2', tf_checkpoint.read_tf_checkpoint(
+        os.path.join(GARDEN, f'golden_{name}', 'ckpt')), config, num_classes=91)

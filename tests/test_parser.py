@@ -94,3 +94,49 @@ def test_train_parser_is_deterministic_per_seed():
   np.testing.assert_array_equal(a['images'], b['images'])
   assert not np.array_equal(a['image_info'], c['image_info'])
   assert a['images'].shape == (640, 640, 3)
+
+
+def thin_example(height, width):
+  """A thin strip (one side 2 pixels) with one bright object on its first half, and its mask."""
+  image = np.full((height, width, 3), 10, np.uint8)
+  mask = np.zeros((1, height, width), np.uint8)
+  box = np.array([0, 0, height, width // 2] if height == 2 else [0, 0, height // 2, width],
+                 np.float32)
+  mask[0, :int(box[2]), :int(box[3])] = 1
+  image[mask[0] == 1] = 250
+  return {'image': tf.constant(image), 'image/id': tf.constant(7, tf.int64),
+          'objects': {'bbox': tf.constant(box[None] / [height, width, height, width],
+                                          tf.float32),
+                      'label': tf.constant([3]), 'is_crowd': tf.constant([False]),
+                      'mask': tf.constant(mask)}}
+
+
+def _assert_valid(out, config):
+  assert out['images'].shape == (*config.padded_size, 3)
+  for key in ('images', 'image_info', 'gt_boxes', 'gt_masks'):
+    assert np.isfinite(out[key].numpy()).all(), key
+  assert (np.round(out['image_info'][0] * out['image_info'][2]) >= 1).all()
+  valid = out['gt_classes'].numpy() > 0
+  boxes = out['gt_boxes'].numpy()[valid]
+  assert (boxes >= 0).all() and (boxes <= 127).all()
+  assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+  return boxes
+
+
+def test_parsers_take_a_strip_whose_short_side_rounds_to_zero():
+  for height, width in [(2, 1200), (1200, 2)]:
+    example = thin_example(height, width)
+    config = parser.ParserConfig(output_size=(128, 128), max_level=7, max_num_instances=4,
+                                 include_masks=True, mask_crop_size=8)
+    out = parser.parse_eval(example, config)
+    boxes = _assert_valid(out, config)
+    # The 2-pixel side is 1 pixel (image_scale 1/2); the object is half the long side.
+    expected = [0, 0, 1, 64] if height == 2 else [0, 0, 64, 1]
+    np.testing.assert_allclose(boxes, [expected], rtol=1e-5)
+    mask = out['gt_masks'][0].numpy()                     # the box holds the object only
+    assert mask.min() >= 0.5 and mask.mean() > 0.9        # (bilinear sampling halves one edge)
+    kept = 0
+    for i in range(8):                                    # jitter 0.5-2.0 and flips
+      out = parser.parse_train(example, tf.constant([i, 2]), config)
+      kept += len(_assert_valid(out, config))
+    assert kept > 0

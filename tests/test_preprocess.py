@@ -154,3 +154,50 @@ def test_fast_paths_give_the_bits_of_the_official_op_order():
 
   for a, b in zip(fast(image) + in_tf_data(fast), official(image) + in_tf_data(official)):
     np.testing.assert_array_equal(a, b)
+
+
+def official_resize_info(height, width, desired, random_scale=None):
+  """image_info row 2 of the official formula, op by op in float32 (no 1-pixel floor)."""
+  size = np.array([height, width], np.float32)
+  desired = np.array(desired, np.float32)
+  target = np.round(np.float32(random_scale) * desired) if random_scale is not None else desired
+  scale = np.minimum(target[0] / size[0], target[1] / size[1])
+  return np.round(size * scale) / size
+
+
+@pytest.mark.parametrize('random_scale', [None, 0.5, 1.3, 2.0])
+def test_sizes_of_a_pixel_or_more_are_official(random_scale):
+  # Aspect ratios up to 1:43: every side rounds to >= 1, where the floor must change nothing.
+  offsets = None if random_scale is None else tf.constant([0.3, 0.6])
+  for height, width in [(100, 200), (120, 90), (7, 300), (300, 7), (1, 1), (64, 2048), (3, 5)]:
+    expected = official_resize_info(height, width, (64, 64), random_scale)
+    assert np.round(expected * [height, width]).min() >= 1
+    image = tf.reshape(tf.range(height * width * 3, dtype=tf.float32), (height, width, 3))
+    out, info = pp.resize_and_crop_image(image, (64, 64), (64, 64), random_scale, offsets)
+    np.testing.assert_array_equal(info[2], expected)
+    scaled = np.round(expected * [height, width]).astype(int)
+    full = pp.legacy_resize_bilinear(image, scaled).numpy()
+    y0, x0 = info[3].numpy().astype(int)
+    crop = full[y0:y0 + 64, x0:x0 + 64]
+    np.testing.assert_array_equal(out[:crop.shape[0], :crop.shape[1]], crop)
+
+
+@pytest.mark.parametrize('height, width', [(2, 1200), (1200, 2)])
+@pytest.mark.parametrize('random_scale', [None, 0.5, 1.0, 2.0])
+def test_a_side_that_rounds_to_zero_keeps_one_pixel(height, width, random_scale):
+  # 2 * 128 / 1200 = 0.21 rounds to 0 (the official code fails: resize to a 0-pixel side).
+  image = tf.fill((height, width, 3), 2.0)
+  offsets = None if random_scale is None else tf.constant([0.5, 0.5])
+  out, info = pp.resize_and_crop_image(image, (128, 128), (128, 128), random_scale, offsets)
+  long_side = 128 if random_scale is None else round(128 * random_scale)
+  expected = np.array([1, long_side] if height == 2 else [long_side, 1], np.float32)
+  np.testing.assert_allclose(info[2], expected / [height, width], rtol=1e-6)
+  shown = np.minimum(expected, 128).astype(int)
+  assert out.shape == (128, 128, 3) and np.isfinite(out.numpy()).all()
+  np.testing.assert_array_equal(out[:shown[0], :shown[1]], 2.0)
+  assert float(tf.reduce_sum(out)) == 2.0 * shown.prod() * 3
+  # Boxes map with that scale and stay valid (positive extent inside the canvas).
+  boxes = pp.resize_and_crop_boxes(tf.constant([[0.0, 0.0, height, width]]), info[2], info[1],
+                                   info[3])
+  np.testing.assert_array_equal(pp.non_empty_box_indices(boxes), [0])
+  assert 0 <= float(tf.reduce_min(boxes)) and float(tf.reduce_max(boxes)) <= 127

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from spinenet_jax.data import coco_masks, parser, sources, synthetic
+from spinenet_jax.data import coco_json, coco_masks, parser, sources, synthetic
 
 CATEGORIES = [{'id': 3, 'name': 'car'}, {'id': 17, 'name': 'cat'}, {'id': 90, 'name': 'toothbrush'}]
 PARSER_CONFIG = parser.ParserConfig(output_size=(128, 128))
@@ -114,18 +114,29 @@ def test_unreadable_image_is_skipped(tmp_path, caplog, kind):
   assert any("'skipped_images': 1" in r.getMessage() for r in caplog.records)  # the summary
 
 
-def test_missing_file_and_duplicate_id_are_skipped(tmp_path):
-  paths = write_folder(tmp_path / 'src', [one_good_image()], [])
-  with open(paths[1]) as f:
+def _add_images(json_path, *images):
+  with open(json_path) as f:
     dataset = json.load(f)
-  dataset['images'].append({'id': 2, 'file_name': 'gone.png', 'height': 8, 'width': 8})
-  dataset['images'].append({'id': 1, 'file_name': 'twice.png', 'height': 16, 'width': 16})
-  with open(paths[1], 'w') as f:
+  dataset['images'].extend(images)
+  with open(json_path, 'w') as f:
     json.dump(dataset, f)
+
+
+def test_missing_file_is_skipped(tmp_path):
+  paths = write_folder(tmp_path / 'src', [one_good_image()], [])
+  _add_images(paths[1], {'id': 2, 'file_name': 'gone.png', 'height': 8, 'width': 8})
   builder = sources.build_coco_folder('t', {'train': paths}, str(tmp_path / 'tfds'))
   builder.download_and_prepare()
-  assert builder.stats['train'].skipped_images == 2
+  assert builder.stats['train'].skipped_images == 1
   assert builder.info.splits['train'].num_examples == 1
+
+
+def test_duplicate_image_id_is_refused_naming_both_files(tmp_path):
+  paths = write_folder(tmp_path / 'src', [one_good_image()], [])
+  _add_images(paths[1], {'id': 1, 'file_name': 'twice.png', 'height': 16, 'width': 16})
+  builder = sources.build_coco_folder('t', {'train': paths}, str(tmp_path / 'tfds'))
+  with pytest.raises(coco_json.DatasetError, match='image id 1 .*good.png, twice.png'):
+    builder.download_and_prepare()
 
 
 @pytest.mark.parametrize('file_format', ['PNG', 'JPEG'])
@@ -167,12 +178,17 @@ def test_zero_area_box_is_dropped(tmp_path, caplog):
 
 def test_out_of_image_box_is_clipped_or_dropped(tmp_path):
   annotations = [{'image_id': 1, 'bbox': [-4, 10, 10, 20], 'category_id': 3},   # clipped
-                 {'image_id': 1, 'bbox': [20, 2, 5, 5], 'category_id': 3},     # outside: dropped
-                 {'image_id': 1, 'bbox': [2, 2, 5, 5], 'category_id': 55}]     # unknown category
+                 {'image_id': 1, 'bbox': [20, 2, 5, 5], 'category_id': 3}]     # outside: dropped
   builder, examples = build(tmp_path, [one_good_image()], annotations)
   np.testing.assert_allclose(pixel_boxes(examples[1]), [[10, 0, 16, 6]], atol=1e-5)
   stats = builder.stats['train']
-  assert (stats.clipped_boxes, stats.dropped_boxes) == (1, 2)
+  assert (stats.clipped_boxes, stats.dropped_boxes) == (1, 1)
+
+
+def test_unknown_category_is_refused(tmp_path):
+  annotations = [{'image_id': 1, 'bbox': [2, 2, 5, 5], 'category_id': 55, 'id': 8}]
+  with pytest.raises(coco_json.DatasetError, match='ids 8.*category_id 55'):
+    build(tmp_path, [one_good_image()], annotations)
 
 
 def test_image_without_objects_is_kept(tmp_path):

@@ -2,7 +2,7 @@
 
   python tools/convert_tf_checkpoint.py --format=tf1 --model_id=49 \
       --checkpoint=/path/to/spinenet-49/model.ckpt --output=/tmp/spinenet49 \
-      [--backbone_only] [--dump_features=IN.npy:OUT.npz]
+      [--backbone_only] [--num_classes=N] [--dump_features=IN.npy:OUT.npz]
 
 The result is a RetinaNet (backbone and head), or with --backbone_only a SpineNet. --dump_features
 writes the endpoints (level3 ... level7) and, for a RetinaNet, the raw head outputs (class_level3 ...,
@@ -13,6 +13,10 @@ box_level3 ...; channels anchor * num_classes + class and anchor * 4 + coordinat
               MODEL_ZOO 350-epoch checkpoints were trained with relu: pass --activation=relu).
 --format=tf2  TF Model Garden official.vision checkpoints (defaults: swish, SAME padding,
               BN momentum 0.99 / epsilon 1e-3, as its COCO SpineNet configs).
+
+The class count (background included) is read from the class head's final conv (output channels /
+anchors per location), so checkpoints fine-tuned on other classes convert as they are; --num_classes
+only checks it (a disagreement is an error).
 
 Mapping is strict: a variable that is unmapped, missing or misshaped stops the conversion with a list
 of them. Optimizer slots and step counters are ignored on purpose. The output folder holds the
@@ -54,6 +58,9 @@ _BACKBONE_ONLY = flags.DEFINE_bool('backbone_only', False,
                                    'Convert only the backbone of a detector checkpoint (or a '
                                    'backbone-only checkpoint); other variables are counted and '
                                    'left out.')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', None,
+                                    'Expected class count, background included (default: read '
+                                    'from the checkpoint\'s class head; an error if they differ).')
 flags.mark_flags_as_required(['format', 'model_id', 'checkpoint', 'output'])
 
 
@@ -82,7 +89,7 @@ def _convert():
   tensors = tf_checkpoint.read_tf_checkpoint(_CHECKPOINT.value)
   config, variables, report = convert.convert(
       _FORMAT.value, tensors, config, backbone_only=_BACKBONE_ONLY.value,
-      detect_endpoints=_ENDPOINTS.value is None)
+      detect_endpoints=_ENDPOINTS.value is None, num_classes=_NUM_CLASSES.value)
   report.update(source=_CHECKPOINT.value, model_id=_MODEL_ID.value)
   model_io.save_model(_OUTPUT.value, config, variables, info={'converted_from': report})
   logging.info('wrote %s', _OUTPUT.value)

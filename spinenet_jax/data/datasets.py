@@ -3,20 +3,30 @@
 `config.data.source` picks the source: 'coco2017' (TFDS, prepared in `tfds_data_dir`),
 'coco_folder' (any COCO-format images folder + instances json, built into TFDS format on first
 use), or 'synthetic' (the embedded dataset, generated locally). The evaluation ground truth is the
-split's instances json where there is one (`config.eval.annotation_file` overrides it); without
-one (TFDS coco/2017) it is taken from the evaluation batches, as the official code does.
+split's instances json where there is one (`config.eval.annotation_file` overrides it), validated
+and normalized by `coco_json`; without one (TFDS coco/2017) it is taken from the evaluation
+batches, as the official code does.
+
+A COCO folder is checked before anything is built or trained (`coco_json.normalize`: refused
+category and image ids stop the run with a message saying what to fix; repairs are counted in one
+logged summary), and each split is prepared under a name that carries a fingerprint of its json and
+image files (`<folder_name>_<split>_<fingerprint>`): edited annotations or images are prepared
+anew, never silently replaced by a stale copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
 import tensorflow as tf
 
-from spinenet_jax.data import input_pipeline, parser, sources, synthetic
+from spinenet_jax.data import coco_json, input_pipeline, parser, sources, synthetic
+
+log = logging.getLogger(__name__)
 
 SOURCES = ('coco2017', 'coco_folder', 'synthetic')
 
@@ -26,6 +36,7 @@ class Split:
   dataset: tf.data.Dataset           # decoded examples, one pass
   num_examples: int
   annotation_file: str | None        # COCO instances json for evaluation, if any
+  groundtruth: dict | None = None    # that json normalized (coco_json): the evaluation's truth
 
 
 def parser_config(config, image_size: tuple[int, int] | None = None,
@@ -51,26 +62,24 @@ def _tfds_dir(config, workdir: str) -> str:
   return config.data.tfds_data_dir or os.path.join(workdir, 'tfds')
 
 
-def load_split(config, which: str, workdir: str) -> Split:
-  """The 'train' or 'eval' split of `config.data`."""
+def load_split(config, which: str, workdir: str, num_classes: int | None = None,
+               num_classes_key: str = 'config.model.head.num_classes') -> Split:
+  """The 'train' or 'eval' split of `config.data`.
+
+  `num_classes` (the detector's classifier size, reported as `num_classes_key`): COCO-folder
+  category ids must fit it. Raises coco_json.DatasetError (what to fix) for a json that would
+  train or evaluate wrongly, FileNotFoundError / ValueError naming missing paths or keys.
+  """
   d = config.data
   split = d.train_split if which == 'train' else d.eval_split
+  annotations, groundtruth = None, None
   if d.source == 'coco2017':
     if not d.tfds_data_dir:
       raise ValueError("config.data.tfds_data_dir must name the TFDS data_dir holding coco/2017.")
     ds = sources.load_coco2017(split, d.tfds_data_dir)
-    annotations = None
   elif d.source == 'coco_folder':
-    images = d.train_images if which == 'train' else d.eval_images
-    annotations = d.train_annotations if which == 'train' else d.eval_annotations
-    if not images or not annotations:
-      key = 'train' if which == 'train' else 'eval'
-      raise ValueError(f'config.data.{key}_images and config.data.{key}_annotations must be set '
-                       "for config.data.source='coco_folder'.")
-    builder = sources.build_coco_folder(d.folder_name, {split: (images, annotations)},
-                                        _tfds_dir(config, workdir))
-    builder.download_and_prepare()
-    ds = builder.as_dataset(split=split)
+    ds, annotations, groundtruth = _coco_folder(config, which, split, workdir, num_classes,
+                                                num_classes_key)
   elif d.source == 'synthetic':
     root = d.synthetic_root or os.path.join(workdir, 'synthetic')
     ds = sources.load_synthetic(split, root, _tfds_dir(config, workdir),
@@ -79,10 +88,55 @@ def load_split(config, which: str, workdir: str) -> Split:
   else:
     raise ValueError(f'config.data.source must be one of {SOURCES}, got {d.source!r}.')
   if which == 'eval' and config.eval.annotation_file:
-    annotations = config.eval.annotation_file
+    annotations, groundtruth = config.eval.annotation_file, None
+  if which == 'eval' and annotations and groundtruth is None:
+    images_dir = d.eval_images if d.source == 'coco_folder' else None
+    groundtruth, _ = coco_json.normalize(annotations, images_dir)
   if which == 'eval' and config.eval.num_images:
     ds = ds.take(config.eval.num_images)
-  return Split(ds, input_pipeline.num_examples(ds), annotations)
+  return Split(ds, input_pipeline.num_examples(ds), annotations,
+               groundtruth if which == 'eval' else None)
+
+
+def _coco_folder(config, which: str, split: str, workdir: str, num_classes: int | None,
+                 num_classes_key: str) -> tuple[tf.data.Dataset, str, dict | None]:
+  """(examples, json path, normalized ground truth for 'eval') of a COCO-folder split, checked
+  and prepared (under a fingerprinted name) if needed."""
+  d = config.data
+  images = d.train_images if which == 'train' else d.eval_images
+  annotations = d.train_annotations if which == 'train' else d.eval_annotations
+  if not images or not annotations:
+    key = 'train' if which == 'train' else 'eval'
+    raise ValueError(f'config.data.{key}_images and config.data.{key}_annotations must be set '
+                     "for config.data.source='coco_folder'.")
+  # Headers are read for evaluation (its ground truth is in the files' pixels); training needs
+  # only the json checks here, the builder reads the files when it prepares them.
+  # What max_num_instances cuts matters for training; evaluation scores against the whole json.
+  normalized, report = coco_json.normalize(
+      annotations, images if which == 'eval' else None, num_classes=num_classes,
+      num_classes_key=num_classes_key,
+      max_num_instances=config.input.max_num_instances if which == 'train' else None)
+  coco_json.log_report(report, num_classes)
+  tfds_dir = _tfds_dir(config, workdir)
+  stamp = coco_json.fingerprint(annotations, images, [i['file_name'] for i in normalized['images']],
+                                sources.CocoFolder.VERSION)
+  name = f'{d.folder_name}_{split}_{stamp[:12]}'
+  _note_stale(tfds_dir, f'{d.folder_name}_{split}_', name)
+  builder = sources.build_coco_folder(name, {split: (images, annotations)}, tfds_dir)
+  builder.download_and_prepare()
+  return builder.as_dataset(split=split), annotations, normalized if which == 'eval' else None
+
+
+def _note_stale(tfds_dir: str, prefix: str, name: str) -> None:
+  """Logs earlier preparations of the split that its json or images no longer match."""
+  root = os.path.join(tfds_dir, 'coco_folder')
+  if os.path.isdir(os.path.join(root, name)) or not os.path.isdir(root):
+    return
+  for old in sorted(os.listdir(root)):
+    if old.startswith(prefix):
+      log.warning('The annotations or images changed since %s was prepared: preparing %s from '
+                  'the current files (delete the old folder to free its space).',
+                  os.path.join(root, old), name)
 
 
 def _per_process(global_batch: int, name: str) -> int:

@@ -5,7 +5,8 @@ These run inside `tf.data` on the host. Semantics are the official ones:
   - horizontal flip with probability 0.5 (U > 0.5), before resizing; boxes become 1 - xmax,
     1 - xmin; masks flip with the image;
   - `resize_and_crop_image`: scale s ~ U[min, max) of the desired size rounded half-to-even, the
-    largest aspect-preserving fit, per-axis image_scale = round(size * scale) / size, random crop
+    largest aspect-preserving fit, per-axis image_scale = max(round(size * scale), 1) / size (the
+    1-pixel floor is ours: official fails on a side that rounds to 0), random crop
     offsets floor(max(scaled - desired, 0) * U[0, 1)), TF1 legacy bilinear resize (no half-pixel
     centres), crop, zero padding to the padded size;
   - image_info = [[orig_h, orig_w], [desired_h, desired_w], [y_scale, x_scale], [y_off, x_off]]
@@ -94,15 +95,21 @@ def resize_and_crop_image(image: tf.Tensor, desired_size: tuple[int, int],
                           offset_fraction=None) -> tuple[tf.Tensor, tf.Tensor]:
   """Official `resize_and_crop_image` with the random draws given (None: no jitter).
 
-  `random_scale` is the scale s drawn from U[aug_scale_min, aug_scale_max); `offset_fraction`
-  the [2] uniform draws for the crop offset. Returns (image [padded_h, padded_w, C], image_info).
+  `image` is float [H, W, C] with H, W >= 1. `random_scale` is the scale s drawn from
+  U[aug_scale_min, aug_scale_max); `offset_fraction` the [2] uniform draws for the crop offset.
+  Returns (image [padded_h, padded_w, C], image_info [4, 2] float32, rows as in the module
+  docstring). Each scaled side is at least 1 pixel (beyond official, which fails when an extreme
+  aspect ratio rounds a side to 0); image_info's image_scale is that scaled size / original size.
   """
   image_size = tf.cast(tf.shape(image)[0:2], tf.float32)
   desired = tf.constant(desired_size, tf.float32)
   jitter = random_scale is not None
   scaled_size = tf.round(random_scale * desired) if jitter else desired   # round half to even
   scale = tf.minimum(scaled_size[0] / image_size[0], scaled_size[1] / image_size[1])
-  scaled_size = tf.round(image_size * scale)
+  # At least 1 pixel per side: a thin strip (e.g. 1200x2 to 128) rounds its short side to 0, and
+  # the resize refuses a 0-pixel output. The official code dies there; every size >= 1 is as
+  # official, and image_scale stays scaled / size, so boxes and predictions map consistently.
+  scaled_size = tf.maximum(tf.round(image_size * scale), 1.0)
   image_scale = scaled_size / image_size
   if jitter:
     max_offset = tf.maximum(scaled_size - desired, 0.0)

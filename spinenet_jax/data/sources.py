@@ -16,10 +16,13 @@ batches. COCO folders store it as float32 (the box area w h when the json has no
 stores it as int64 (the json's area truncated), cast to float32 by `load_coco2017`.
 
 `CocoFolder` is one TFDS builder for any folder of images plus an instances json; its config holds
-the split -> (images dir, json) paths. Real folders hold bad files, so generation never dies on one
-image: corrupt or truncated images are skipped, grayscale / RGBA / palette images converted to RGB,
-boxes clipped to the image (and dropped when that leaves them empty), each case counted and logged
-with the file name, with a summary per split. Missing paths fail before any generation starts.
+the split -> (images dir, json) paths. The json is validated and normalized first (`coco_json`:
+refused ids, integer image ids, defaulted keys, EXIF orientation, rescaled files), so the stored
+`image/id` is the normalized integer id and boxes are in the file's (display) pixels. Real folders
+hold bad files, so generation never dies on one image: missing, corrupt or truncated images are
+skipped, grayscale / RGBA / palette / CMYK images converted to RGB, boxes clipped to the image (and
+dropped when that leaves them empty), each case counted and logged with the file name, with a
+summary per split. Missing paths fail before any generation starts.
 
 Instance masks are an option of the folder (`include_masks`, off by default), stored as one
 full-image PNG per object (values 0/1, as the official tf.Examples' `image/object/mask`). Off, the
@@ -36,7 +39,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import json
 import logging
 import os
 import types
@@ -45,9 +47,9 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
+from PIL import Image, ImageOps
 
-from spinenet_jax.data import coco_masks, synthetic
+from spinenet_jax.data import coco_json, coco_masks, synthetic
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,10 @@ class CocoFolderConfig(tfds.core.BuilderConfig):
 class SplitStats:
   """What generation of one split met; every count but `images` is also logged per file."""
   images: int = 0                 # examples written
-  skipped_images: int = 0         # unreadable, corrupt, truncated or duplicate (not written)
-  converted_images: int = 0       # grayscale, RGBA, palette, ... converted to RGB
-  size_mismatches: int = 0        # decoded size differs from the json (the decoded size is used)
+  skipped_images: int = 0         # missing, unreadable, corrupt or truncated (not written)
+  converted_images: int = 0       # grayscale, RGBA, palette, CMYK, ... converted to RGB
   clipped_boxes: int = 0          # boxes reaching out of the image, clipped
-  dropped_boxes: int = 0          # boxes empty (after clipping), malformed or of unknown category
+  dropped_boxes: int = 0          # boxes empty (after clipping) or malformed
   images_without_objects: int = 0
   crowd_only_images: int = 0
   bad_masks: int = 0              # with include_masks: undecodable segmentation (object dropped)
@@ -88,8 +89,10 @@ class SplitStats:
 class CocoFolder(tfds.core.GeneratorBasedBuilder):
   """TFDS builder for a COCO-format folder; see `build_coco_folder`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = types.MappingProxyType({'1.0.0': 'Initial release.'})
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = types.MappingProxyType({
+      '1.0.0': 'Initial release.',
+      '2.0.0': 'Validated json (coco_json): integer image ids, EXIF orientation, rescaled files.'})
   # Nothing is downloaded, so there is no checksums file next to the code to find. (TFDS' own
   # lookup of this path needs the `importlib_resources` package for a builder outside TFDS.)
   code_path = None
@@ -123,32 +126,32 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
     splits = dict(self.builder_config.splits)
     if not splits:
       raise ValueError('CocoFolder config has no splits')
-    datasets = {split: _read_instances(images_dir, json_path)
-                for split, (images_dir, json_path) in splits.items()}
+    for images_dir, json_path in splits.values():   # every path, before any generation
+      coco_json.check_paths(json_path, images_dir)
+    datasets, dropped = {}, {}
+    for split, (images_dir, json_path) in splits.items():
+      datasets[split], report = coco_json.normalize(json_path, images_dir)
+      dropped[split] = SplitStats(skipped_images=report.counts[coco_json.DROPPED_FILES],
+                                  dropped_boxes=report.counts[coco_json.DROPPED_BOXES])
+      coco_json.log_report(report)
     categories = _merge_categories([d['categories'] for d in datasets.values()])
     self.info.metadata['categories'] = [{'id': k, 'name': v} for k, v in categories.items()]
     self.info.metadata['num_classes'] = max(categories, default=0) + 1
-    return {split: self._generate_examples(split, splits[split][0], dataset)
+    return {split: self._generate_examples(split, splits[split][0], dataset, dropped[split])
             for split, dataset in datasets.items()}
 
-  def _generate_examples(self, split: str, images_dir: str, dataset: dict):
-    stats = self.stats[split] = SplitStats()
-    category_ids = {int(c['id']) for c in dataset['categories']}
+  def _generate_examples(self, split: str, images_dir: str, dataset: dict, stats: SplitStats):
+    # `stats` holds what the validation left out (and logged): unreadable files, bad boxes.
+    self.stats[split] = stats
     by_image = collections.defaultdict(list)
-    for ann in dataset.get('annotations', []):
-      by_image[ann.get('image_id')].append(ann)
-    seen = set()
-    for info in sorted(dataset['images'], key=lambda i: i['id']):
-      if info['id'] in seen:
-        stats.skipped_images += 1
-        log.warning('%s: skipped, image id %s is listed twice', info['file_name'], info['id'])
-        continue
-      seen.add(info['id'])
-      example = _example(images_dir, info, by_image[info['id']], category_ids, stats,
+    for ann in dataset['annotations']:
+      by_image[ann['image_id']].append(ann)
+    for image in sorted(dataset['images'], key=lambda i: i['id']):
+      example = _example(images_dir, image, by_image[image['id']], stats,
                          self.builder_config.include_masks)
       if example is not None:
         stats.images += 1
-        yield info['id'], example
+        yield image['id'], example
     log.info('coco folder split %r: %s', split, dataclasses.asdict(stats))
 
 
@@ -157,9 +160,11 @@ def build_coco_folder(name: str, splits: Mapping[str, tuple[str, str]], data_dir
   """A TFDS builder of COCO-format splits {split: (images dir, instances json)} under `data_dir`.
 
   Call `download_and_prepare()` then `as_dataset(split=...)`. Prepared data lives in
-  `<data_dir>/coco_folder/<name>/1.0.0` (`<name>_masks` with `include_masks`, which adds the
-  `objects/mask` feature) and is reused as is: give another name to other content. Missing paths
-  raise FileNotFoundError when preparing, before any example is generated.
+  `<data_dir>/coco_folder/<name>/<version>` (`<name>_masks` with `include_masks`, which adds the
+  `objects/mask` feature) and is reused as is: `datasets.load_split` names it by a fingerprint of
+  the json and the images, so changed content gets a new name. The jsons are validated and
+  normalized by `coco_json.normalize` (DatasetError for what would make training wrong); missing
+  paths raise FileNotFoundError when preparing, before any example is generated.
   """
   config = CocoFolderConfig(name=f'{name}_masks' if include_masks else name,
                             version=CocoFolder.VERSION, include_masks=include_masks,
@@ -178,22 +183,6 @@ def folder_num_classes(builder: tfds.core.DatasetBuilder) -> int:
   return int(builder.info.metadata['num_classes'])
 
 
-def _read_instances(images_dir: str, json_path: str) -> dict:
-  """The instances json, after checking both paths exist (clear errors naming them)."""
-  if not os.path.isdir(images_dir):
-    raise FileNotFoundError(f'COCO folder: images directory not found: {images_dir}')
-  if not os.path.isfile(json_path):
-    raise FileNotFoundError(f'COCO folder: annotation file not found: {json_path}')
-  with open(json_path, 'rb') as f:
-    try:
-      dataset = json.load(f)
-    except ValueError as e:
-      raise ValueError(f'COCO folder: {json_path} is not valid json: {e}') from e
-  if not isinstance(dataset, dict) or 'images' not in dataset or 'categories' not in dataset:
-    raise ValueError(f'COCO folder: {json_path} lacks "images" or "categories"')
-  return dataset
-
-
 def _merge_categories(lists: list[list[dict]]) -> dict[int, str]:
   out = {}
   for categories in lists:
@@ -206,92 +195,100 @@ def _merge_categories(lists: list[list[dict]]) -> dict[int, str]:
 # One example
 
 
-def _example(images_dir: str, info: dict, annotations: list[dict], category_ids: set[int],
-             stats: SplitStats, include_masks: bool = False) -> dict | None:
-  """The TFDS example of one json image, or None when its file cannot be decoded."""
-  name = info['file_name']
-  image = _load_image(os.path.join(images_dir, name), stats)
-  if image is None:
+def _example(images_dir: str, image: dict, annotations: list[dict], stats: SplitStats,
+             include_masks: bool = False) -> dict | None:
+  """The TFDS example of one normalized image (`coco_json`: EXIF orientation, rescaling and size
+  checks are decided and logged there), or None when its file cannot be decoded."""
+  name = image['file_name']
+  loaded = _load_image(os.path.join(images_dir, name), image['orientation'], stats)
+  if loaded is None:
     return None
-  encoded, (height, width) = image
-  if (info.get('height'), info.get('width')) != (height, width):
-    stats.size_mismatches += 1
-    log.warning('%s: size %dx%d differs from the json %sx%s; using the decoded size', name,
-                height, width, info.get('height'), info.get('width'))
+  encoded, (height, width) = loaded
+  if (height, width) != (image['height'], image['width']):   # the file changed since its header
+    stats.skipped_images += 1
+    log.warning('%s: skipped, decoded size %dx%d differs from its header %dx%d', name, height,
+                width, image['height'], image['width'])
+    return None
   objects = [obj for ann in annotations
-             if (obj := _object(ann, height, width, category_ids, name, stats)) is not None
-             and (not include_masks or _add_mask(obj, ann, height, width, name, stats))]
+             if (obj := _object(ann, height, width, name, stats)) is not None
+             and (not include_masks or _add_mask(obj, ann, image, name, stats))]
   if not objects:
     stats.images_without_objects += 1
     log.info('%s: no objects', name)
   elif all(obj['is_crowd'] for obj in objects):
     stats.crowd_only_images += 1
     log.info('%s: only crowd objects', name)
-  return {'image': encoded, 'image/filename': name, 'image/id': info['id'],
+  return {'image': encoded, 'image/filename': name, 'image/id': image['id'],
           'objects': _stack(objects, include_masks)}
 
 
-def _load_image(path: str, stats: SplitStats) -> tuple[bytes, tuple[int, int]] | None:
+def _load_image(path: str, orientation: int, stats: SplitStats
+                ) -> tuple[bytes, tuple[int, int]] | None:
   """(encoded RGB bytes, (height, width)); None (counted, logged) for unreadable files.
 
-  RGB JPEG and PNG files are stored as they are (no recompression; TF decodes them when read, as for
-  TFDS coco); anything else is decoded by PIL, converted to RGB (alpha dropped, palette expanded)
-  and stored as lossless PNG.
+  RGB JPEG and PNG files are stored as they are (no recompression; TF decodes them when read, as
+  for TFDS coco); anything else is decoded by PIL, converted to RGB (alpha dropped, palette
+  expanded, CMYK converted) and stored as lossless PNG. `orientation` != 1: the EXIF orientation
+  is applied (TF's decoders ignore EXIF) and the result stored as PNG.
   """
   try:
     with open(path, 'rb') as f:
       data = f.read()
     with Image.open(io.BytesIO(data)) as image:
       image.load()  # decodes everything: raises on corrupt or truncated data
-      size = (image.height, image.width)
-      if image.mode == 'RGB' and image.format in ('JPEG', 'PNG'):
-        return data, size
-      stats.converted_images += 1
-      log.info('%s: %s %s converted to RGB', os.path.basename(path), image.format, image.mode)
+      if image.mode == 'RGB' and image.format in ('JPEG', 'PNG') and orientation == 1:
+        return data, (image.height, image.width)
+      if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+      else:
+        stats.converted_images += 1
+        log.info('%s: %s %s converted to RGB', os.path.basename(path), image.format, image.mode)
       buffer = io.BytesIO()
       image.convert('RGB').save(buffer, format='PNG')
-      return buffer.getvalue(), size
+      return buffer.getvalue(), (image.height, image.width)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     stats.skipped_images += 1
     log.warning('%s: skipped, cannot decode image: %s', os.path.basename(path), e)
     return None
 
 
-def _object(ann: dict, height: int, width: int, category_ids: set[int], name: str,
-            stats: SplitStats) -> dict | None:
-  """The object of one annotation, its box clipped to the image; None when dropped."""
-  label = ann.get('category_id')
-  bbox = ann.get('bbox')
-  if label not in category_ids or not isinstance(bbox, list) or len(bbox) != 4:
-    stats.dropped_boxes += 1
-    log.warning('%s: annotation %s dropped: unknown category %r or malformed bbox %r', name,
-                ann.get('id'), label, bbox)
-    return None
-  x, y, w, h = (float(v) for v in bbox)
+def _object(ann: dict, height: int, width: int, name: str, stats: SplitStats) -> dict | None:
+  """The object of one normalized annotation, its box clipped to the image; None when the box is
+  empty inside the image."""
+  x, y, w, h = ann['bbox']
   x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
   if x1 <= x0 or y1 <= y0:
     stats.dropped_boxes += 1
     log.warning('%s: annotation %s dropped: box %s is empty in the %dx%d image', name,
-                ann.get('id'), bbox, height, width)
+                ann.get('id'), ann['bbox'], height, width)
     return None
   if (x0, y0, x1, y1) != (x, y, x + w, y + h):
     stats.clipped_boxes += 1
     log.warning('%s: annotation %s box %s clipped to the %dx%d image', name, ann.get('id'),
-                bbox, height, width)
+                ann['bbox'], height, width)
   box = tfds.features.BBox(ymin=y0 / height, xmin=x0 / width, ymax=y1 / height, xmax=x1 / width)
-  return {'id': int(ann.get('id', -1)), 'area': float(ann.get('area', w * h)), 'bbox': box,
-          'label': int(label), 'is_crowd': bool(ann.get('iscrowd', 0))}
+  return {'id': int(ann['id']) if isinstance(ann['id'], int) else -1,
+          'area': float(ann['area']), 'bbox': box, 'label': int(ann['category_id']),
+          'is_crowd': bool(ann['iscrowd'])}
 
 
-def _add_mask(obj: dict, ann: dict, height: int, width: int, name: str,
-              stats: SplitStats) -> bool:
-  """Adds the PNG of the annotation's mask to `obj`; False (counted, logged) when undecodable."""
+def _add_mask(obj: dict, ann: dict, image: dict, name: str, stats: SplitStats) -> bool:
+  """Adds the PNG of the annotation's mask to `obj`; False (counted, logged) when undecodable.
+
+  The segmentation is in the json's pixels: decoded at the json's size, then resized (nearest) to
+  the file's when the file is a rescale of it.
+  """
+  height, width = image['height'], image['width']
+  rescaled = image['scale'] != (1.0, 1.0)
+  json_height, json_width = image['json_size'] if rescaled else (height, width)
   try:
-    mask = coco_masks.segmentation_mask(ann.get('segmentation'), height, width)
+    mask = coco_masks.segmentation_mask(ann.get('segmentation'), json_height, json_width)
   except (ValueError, TypeError) as e:
     stats.bad_masks += 1
     log.warning('%s: annotation %s dropped: bad segmentation: %s', name, ann.get('id'), e)
     return False
+  if mask.shape != (height, width):
+    mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
   if not mask.any():
     stats.empty_masks += 1
     log.info('%s: annotation %s has an empty mask', name, ann.get('id'))

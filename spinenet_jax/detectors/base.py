@@ -65,6 +65,14 @@ class Detector(abc.ABC):
   def model_config(self) -> Any:
     """The serializable model settings (what `model_io.save_model` stores)."""
 
+  # The config key that sets `num_classes`, for messages about datasets that do not fit.
+  num_classes_key: ClassVar[str] = 'config.model.num_classes'
+
+  @property
+  @abc.abstractmethod
+  def num_classes(self) -> int:
+    """Classifier columns: category ids 1..num_classes - 1, column 0 the background."""
+
   @abc.abstractmethod
   def init(self, rng: Array, image_size: tuple[int, int]) -> Variables:
     """Fresh variables {'params', 'batch_stats'} for inputs of `image_size` (H, W)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,12 @@ class RetinaNetDetector(base.Detector):
   @property
   def model_config(self) -> RetinaNetConfig:
     return self.config
+
+  num_classes_key: ClassVar[str] = 'config.model.head.num_classes'
+
+  @property
+  def num_classes(self) -> int:
+    return self.config.head.num_classes
 
   @property
   def module(self) -> RetinaNet:

@@ -6,9 +6,11 @@ evaluation, and no re-clipping, as official) and converted to [x, y, w, h]. As o
 is submitted, padded slots with score -1 included (`drop_padded=True` leaves them out).
 
 Ground truth comes from the dataset's instances json (any COCO-format dataset, or COCO's
-`instances_val2017.json`), or, when there is none (TFDS `coco/2017`), from the evaluation batches
-themselves, as the official `convert_groundtruths_to_coco_dataset` builds it from the eval parser's
-`groundtruths` (crowd flags kept):
+`instances_val2017.json`) normalized by `coco_json` (integer image ids, `iscrowd` and `area`
+defaulted as COCO does, coordinates in the image files' pixels), or, when there is none (TFDS
+`coco/2017`), from the evaluation batches themselves, as the official
+`convert_groundtruths_to_coco_dataset` builds it from the eval parser's `groundtruths` (crowd flags
+kept):
 - boxes: `gt_original_boxes`, the dataset's boxes in original-image pixels (official); without
   that key, `gt_boxes` / image scale (these were clipped to the output canvas, so boxes reaching
   the right or bottom edge come back up to 1/scale px smaller than in the json);
@@ -33,6 +35,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from spinenet_jax.data import coco_json
+
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
@@ -49,10 +53,18 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
 class CocoEvaluator:
   """Accumulates detections batch by batch; `evaluate()` returns the 12 standard box metrics."""
 
-  def __init__(self, annotation_file: str | None = None, drop_padded: bool = False):
-    if annotation_file is not None and not os.path.isfile(annotation_file):
-      raise FileNotFoundError(f'COCO annotation file {annotation_file!r} not found.')
-    self.annotation_file = annotation_file
+  def __init__(self, groundtruth: dict | str | None = None, drop_padded: bool = False):
+    """`groundtruth`: a normalized dataset (`coco_json.normalize`), the path of an instances json
+    (normalized here: missing `iscrowd` / `area` defaulted, problems raised as
+    coco_json.DatasetError before any inference is spent), or None to build it from the batches.
+    """
+    if isinstance(groundtruth, (str, os.PathLike)):
+      self.annotation_file = os.fspath(groundtruth)
+      groundtruth, report = coco_json.normalize(self.annotation_file)
+      coco_json.log_report(report)
+    else:
+      self.annotation_file = '(normalized json)' if groundtruth is not None else None
+    self.groundtruth = groundtruth
     self.drop_padded = drop_padded
     self.reset()
 
@@ -85,7 +97,7 @@ class CocoEvaluator:
           continue
         self.detections.append({'image_id': int(image_id), 'category_id': int(cls),
                                 'bbox': [float(v) for v in box], 'score': float(score)})
-      if groundtruth is not None and self.annotation_file is None:
+      if groundtruth is not None and self.groundtruth is None:
         self._add_groundtruth(int(image_id), image_info[i], groundtruth, i, scale[i])
 
   def _add_groundtruth(self, image_id: int, info: np.ndarray, gt: dict, i: int,
@@ -109,9 +121,12 @@ class CocoEvaluator:
           'bbox': [float(v) for v in box], 'area': float(area), 'iscrowd': int(is_crowd)})
 
   def _groundtruth(self) -> COCO:
-    if self.annotation_file is not None:
+    if self.groundtruth is not None:
+      coco = COCO()
+      coco.dataset = self.groundtruth
       with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(self.annotation_file)
+        coco.createIndex()
+      return coco
     if not self._gt_images:
       raise ValueError('No annotation file and no ground truth given to CocoEvaluator.update().')
     categories = sorted({a['category_id'] for a in self._gt_annotations} |
@@ -144,3 +159,10 @@ class CocoEvaluator:
     log.info('COCO box evaluation over %d images:\n%s', len(set(self.image_ids)),
              output.getvalue())
     return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+
+  def results(self) -> list[dict]:
+    """The detections in COCO results format, with the json's own image ids (strings included)."""
+    if self.groundtruth is None:
+      return self.detections
+    original = {i['id']: i.get('original_id', i['id']) for i in self.groundtruth['images']}
+    return [dict(d, image_id=original.get(d['image_id'], d['image_id'])) for d in self.detections]

@@ -3,7 +3,7 @@
 An evaluator is fed batches of detections with the batch they came from and scores them at the
 end; which evaluators run is what the detector supports (`Detector.eval_types`):
 
-    evaluator = build('bbox', annotation_file, drop_padded=False)
+    evaluator = build('bbox', groundtruth, drop_padded=False)
     evaluator.reset()
     for batch, detections in ...: evaluator.process(detections, batch)
     metrics = evaluator.evaluate()          # {'AP': ..., ...}
@@ -53,8 +53,8 @@ class Evaluator(abc.ABC):
 class CocoBoxEvaluator(Evaluator):
   """The 12 COCO box metrics (`coco_eval.CocoEvaluator`, the official COCOEvaluator 'box')."""
 
-  def __init__(self, annotation_file: str | None, drop_padded: bool = False):
-    self._coco = coco_eval.CocoEvaluator(annotation_file, drop_padded=drop_padded)
+  def __init__(self, groundtruth: dict | str | None, drop_padded: bool = False):
+    self._coco = coco_eval.CocoEvaluator(groundtruth, drop_padded=drop_padded)
 
   def reset(self) -> None:
     self._coco.reset()
@@ -71,15 +71,17 @@ class CocoBoxEvaluator(Evaluator):
     return len(set(self._coco.image_ids))
 
   def results(self) -> list[dict]:
-    return self._coco.detections
+    return self._coco.results()
 
 
 EVALUATORS: dict[str, Any] = {'bbox': CocoBoxEvaluator}
 
 
-def build(eval_type: str, annotation_file: str | None, drop_padded: bool = False) -> Evaluator:
-  """The evaluator of `eval_type` ('bbox')."""
+def build(eval_type: str, groundtruth: dict | str | None, drop_padded: bool = False
+          ) -> Evaluator:
+  """The evaluator of `eval_type` ('bbox'). `groundtruth`: a normalized dataset
+  (`coco_json.normalize`), an instances json path, or None (from the batches' gt_* keys)."""
   if eval_type not in EVALUATORS:
     raise ValueError(f'no evaluator for evaluation type {eval_type!r}; known: '
                      f'{sorted(EVALUATORS)}.')
-  return EVALUATORS[eval_type](annotation_file, drop_padded=drop_padded)
+  return EVALUATORS[eval_type](groundtruth, drop_padded=drop_padded)

@@ -3,43 +3,96 @@
     python main.py --mode=predict --config=configs/demo.py --workdir=DIR \
         --config.predict.input_dir=IMAGES [--config.init_checkpoint=MODEL_DIR]
 
-Images are prepared as the evaluation parser does (normalize, resize the long side to the input
-size, zero pad), and the boxes are scaled back to original pixels. Files that cannot be read as
-images are logged by name, counted and skipped.
+Images are read in display orientation (their EXIF orientation applied, as a photo viewer shows
+them), prepared as the evaluation parser does (normalize, resize the long side to the input size,
+at least 1 pixel per side, zero pad), and the boxes are scaled back to original (display) pixels.
+
+One image never costs the others their results: an image over `config.predict.max_image_pixels`
+(read from the header, before decoding; default PIL's decompression-bomb limit, 0 or None: no
+limit), a file that cannot be read or decoded, or one whose preparation fails is skipped, logged
+with its reason, counted, and listed in `skipped.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from spinenet_jax.data import datasets, preprocess
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
+# PIL's own default Image.MAX_IMAGE_PIXELS (about 0.25 GB of 24-bit pixels), for configs without
+# the key. PIL itself only warns above it and refuses at twice it.
+DEFAULT_MAX_IMAGE_PIXELS = 89478485
 
 
-def _read(path: str) -> np.ndarray | None:
+class SkipImage(Exception):
+  """An image that is not predicted, with the reason (logged and written to skipped.json)."""
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit_off() -> Iterator[None]:
+  """PIL's decompression-bomb check off for the block (it is a module global).
+
+  We check `config.predict.max_image_pixels` ourselves from the header; PIL's check would refuse
+  (or warn about) an image the user allowed by raising the key.
+  """
+  saved = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
   try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert('RGB'))
-  except (OSError, ValueError) as e:
-    log.warning('Skipping %s: not a readable image (%s).', path, e)
-    return None
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  """uint8 [H, W, 3] RGB pixels of `path` in display orientation (EXIF orientation applied).
+
+  `max_pixels` (0 or None: no limit) is checked against the header's width * height before
+  anything is decoded. Raises SkipImage naming the size and `config.predict.max_image_pixels`
+  when the image is larger; PIL's errors (OSError for unreadable or truncated files, ...) pass.
+  """
+  with _pil_pixel_limit_off(), Image.open(path) as im:
+    width, height = im.size
+    if max_pixels and width * height > max_pixels:
+      raise SkipImage(f'{width}x{height} is {width * height} pixels, over '
+                      f'config.predict.max_image_pixels={max_pixels} (a guard against '
+                      f'decompression bombs); raise it (0: no limit) to predict this image')
+    ImageOps.exif_transpose(im, in_place=True)   # decodes; in place: no copy of a large image
+    return np.asarray(im.convert('RGB'))
 
 
 def _prepare(pixels: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
+  """(normalized image [padded_h, padded_w, 3] float32, image_info [4, 2]) as parse_eval makes."""
   pc = datasets.parser_config(config)
   image, info = preprocess.resize_and_crop_image(
       preprocess.normalize_image(tf.constant(pixels)), pc.output_size, pc.padded_size)
   return image.numpy(), info.numpy()
+
+
+def _load(path: str, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(pixels, image, image_info) of one file; raises SkipImage with the reason of any failure."""
+  max_pixels = config.predict.get('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS)
+  try:
+    pixels = read_image(path, max_pixels)
+  except SkipImage:
+    raise
+  except Exception as e:  # whatever one file does, the others are predicted
+    raise SkipImage(f'not a readable image ({type(e).__name__}: {e})') from e
+  try:
+    return (pixels, *_prepare(pixels, config))
+  except Exception as e:  # as above: one image's failure is that image's only
+    raise SkipImage(f'preparing the {pixels.shape[1]}x{pixels.shape[0]} image failed '
+                    f'({type(e).__name__}: {e})') from e
 
 
 def image_files(config) -> list[str]:
@@ -56,11 +109,21 @@ def image_files(config) -> list[str]:
 
 def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
                    variables: dict) -> dict:
-  """Runs `predict(variables, batch)` (a jitted detect function at the config's input size) on
-  every image of `config.predict.input_dir`; writes `detections.json` (COCO results, original
-  pixels), `images.json` and one PNG per image with the detections drawn.
+  """Runs `predict(variables, batch)` on every image of `config.predict.input_dir`.
 
-  Raises FileNotFoundError when the folder is missing or holds no images.
+  `predict` is a detect function at the config's input size: batch {'images' [B, H, W, 3] float32
+  (padded size), 'image_info' [B, 4, 2]} (B = config.eval.batch_size) -> {'detection_boxes'
+  [B, M, 4] ymin, xmin, ymax, xmax in canvas pixels, 'detection_scores' [B, M] (padding <= -1),
+  'detection_classes' [B, M]}. Writes to `config.predict.output_dir` (default <workdir>/predictions):
+  `detections.json` (COCO results, boxes in original display pixels), `images.json` (id,
+  file_name, height, width of each predicted image), one PNG per predicted image with the
+  detections over `config.predict.draw_score_threshold` drawn, and `skipped.json` ({file name:
+  reason} of the images skipped: over `config.predict.max_image_pixels`, unreadable, truncated or
+  failing preparation). A PNG that cannot be written is logged and listed; its detections stay.
+
+  Returns {'num_images', 'num_detections', 'skipped' (count), 'skipped_files' ({name: reason}),
+  'not_drawn' ({name: reason}), 'output_dir'}. Raises FileNotFoundError when the folder is
+  missing or holds no images; an error of `predict` itself (the model, not an image) is raised.
   """
   files = image_files(config)
   input_dir = config.predict.input_dir
@@ -68,16 +131,16 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
   os.makedirs(out_dir, exist_ok=True)
   size = datasets.parser_config(config).padded_size
   names = datasets.category_names(config, workdir)
-  images, results, skipped = [], [], 0
+  images, results, skipped, not_drawn = [], [], {}, {}
   batch_size = config.eval.batch_size
   for start in range(0, len(files), batch_size):
     chunk = []
     for name in files[start:start + batch_size]:
-      pixels = _read(os.path.join(input_dir, name))
-      if pixels is None:
-        skipped += 1
-        continue
-      chunk.append((name, pixels, *_prepare(pixels, config)))
+      try:
+        chunk.append((name, *_load(os.path.join(input_dir, name), config)))
+      except SkipImage as e:
+        log.warning('Skipping %s: %s.', os.path.join(input_dir, name), e)
+        skipped[name] = str(e)
     if not chunk:
       continue
     batch = np.zeros((batch_size, *size, 3), np.float32)
@@ -89,6 +152,7 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
       image_id = len(images) + 1
       images.append({'id': image_id, 'file_name': name, 'height': int(pixels.shape[0]),
                      'width': int(pixels.shape[1])})
+      # image_scale is scaled / original size per axis (>= 1 scaled pixel: a thin strip too).
       boxes = dets['detection_boxes'][i] / np.tile(image_info[2], 2)
       kept = []
       for box, score, cls in zip(boxes, dets['detection_scores'][i], dets['detection_classes'][i]):
@@ -99,15 +163,24 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
                         'bbox': [x0, y0, x1 - x0, y1 - y0], 'score': float(score)})
         if score >= config.predict.draw_score_threshold:
           kept.append((box, float(score), int(cls)))
-      draw_detections(pixels, kept, names).save(
-          os.path.join(out_dir, os.path.splitext(name)[0] + '.png'))
+      try:
+        with _pil_pixel_limit_off():   # the image is allowed: its drawing is too
+          draw_detections(pixels, kept, names).save(
+              os.path.join(out_dir, os.path.splitext(name)[0] + '.png'))
+      except Exception as e:  # noqa: BLE001 -- a drawing never costs the json its results
+        log.warning('No PNG for %s: %s: %s.', name, type(e).__name__, e)
+        not_drawn[name] = f'{type(e).__name__}: {e}'
   with open(os.path.join(out_dir, 'detections.json'), 'w') as f:
     json.dump(results, f)
   with open(os.path.join(out_dir, 'images.json'), 'w') as f:
     json.dump(images, f, indent=1)
-  log.info('Predicted %d images (%d skipped) into %s.', len(images), skipped, out_dir)
-  return {'num_images': len(images), 'skipped': skipped, 'num_detections': len(results),
-          'output_dir': out_dir}
+  with open(os.path.join(out_dir, 'skipped.json'), 'w') as f:
+    json.dump(skipped, f, indent=1)
+  listed = ', '.join(list(skipped)[:5]) + (', ...' if len(skipped) > 5 else '')
+  log.info('Predicted %d images into %s; %d skipped%s.', len(images), out_dir, len(skipped),
+           f' ({listed}; reasons in skipped.json)' if skipped else '')
+  return {'num_images': len(images), 'num_detections': len(results), 'skipped': len(skipped),
+          'skipped_files': skipped, 'not_drawn': not_drawn, 'output_dir': out_dir}
 
 
 def draw_detections(pixels: np.ndarray, detections: list, names: dict[int, str]) -> Image.Image:

@@ -39,7 +39,8 @@ def evaluate(predict: Callable, variables: dict, mesh: Mesh, config, split: data
   Keys are '<metric>' for 'bbox' (AP, AP50, ...) and '<type>/<metric>' for the other types.
   Returns {'eval/<key>': value} on process 0 and {} elsewhere.
   """
-  evaluators = {t: evaluator_lib.build(t, split.annotation_file,
+  groundtruth = split.groundtruth if split.groundtruth is not None else split.annotation_file
+  evaluators = {t: evaluator_lib.build(t, groundtruth,
                                        drop_padded=config.eval.drop_padded_detections)
                 for t in eval_types}
   variables = jax.device_put(variables, sharding.replicated(mesh))
@@ -49,7 +50,7 @@ def evaluate(predict: Callable, variables: dict, mesh: Mesh, config, split: data
   for batch in sharding.compile_then_meet(predict, variables, batches, f'eval_{step}'):
     detections = predict(variables, batch)
     fetched = sharding.gather({'detections': detections,
-                                'batch': _kept(batch, split.annotation_file is None)})
+                                'batch': _kept(batch, groundtruth is None)})
     if jax.process_index() == 0:
       for e in evaluators.values():
         e.process(fetched['detections'], fetched['batch'])

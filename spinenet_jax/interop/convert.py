@@ -6,7 +6,8 @@ Formats:
 
 The settings a checkpoint cannot tell (activation, padding mode, BN epsilon/momentum, anchor size)
 default to the source's COCO SpineNet configs and can be overridden; what a checkpoint does tell (the
-endpoint width, e.g. the 256-channel endpoints of the released 49S checkpoints) is read from it.
+endpoint width, e.g. the 256-channel endpoints of the released 49S checkpoints, and the class count
+of a head fine-tuned on other classes) is read from it.
 """
 
 from __future__ import annotations
@@ -128,15 +129,68 @@ def _endpoint_width_in_checkpoint(source: SourceFormat, backbone: SpineNetConfig
   return None
 
 
+# Where the class prediction conv's kernel sits (plain or separable head); its last dimension is
+# anchors_per_location * num_classes.
+_CLASS_KERNELS = (('head', 'class_predict', 'conv', 'kernel'),
+                  ('head', 'class_predict', 'pointwise', 'kernel'))
+
+
+def num_classes_in_checkpoint(name_map: Mapping, tensors: Mapping[str, np.ndarray],
+                              anchors_per_location: int) -> tuple[int, str] | None:
+  """(num_classes, checkpoint name) read from the class head's final conv kernel, or None when
+  the checkpoint has no class head. Raises ValueError, naming the variable and its shape, when its
+  output channels are not a whole number (>= 2, background included) of classes per anchor."""
+  for name, (_, path) in name_map.items():
+    if path in _CLASS_KERNELS and name in tensors:
+      shape = tuple(np.shape(tensors[name]))
+      channels = shape[-1]
+      if channels % anchors_per_location or channels // anchors_per_location < 2:
+        raise ValueError(
+            f'class head {name} has shape {shape}: its {channels} output channels are not '
+            f'anchors x classes for {anchors_per_location} anchors per location and at least 2 '
+            'classes (background included); check the anchor settings.')
+      return channels // anchors_per_location, name
+  return None
+
+
+def _fit_num_classes(config: RetinaNetConfig, name_map: Mapping, tensors: Mapping,
+                     num_classes: int | None, report: dict) -> RetinaNetConfig:
+  """`config` with the checkpoint's class count (checked against `num_classes` if given)."""
+  found = num_classes_in_checkpoint(name_map, tensors, config.anchors.anchors_per_location)
+  if found is None:   # no class head: the strict mapping below names what is missing
+    wanted = config.head.num_classes if num_classes is None else num_classes
+    report['num_classes'] = wanted
+    return dataclasses.replace(config, head=dataclasses.replace(config.head, num_classes=wanted))
+  classes, name = found
+  if num_classes is not None and num_classes != classes:
+    raise ValueError(f'num_classes={num_classes} (--num_classes) disagrees with the checkpoint: '
+                     f'class head {name} has shape {tuple(np.shape(tensors[name]))}, i.e. '
+                     f'{classes} classes (background included) at '
+                     f'{config.anchors.anchors_per_location} anchors per location.')
+  report['num_classes'] = classes
+  if classes == config.head.num_classes:
+    logging.info('checkpoint class head %s: %d classes (background included).', name, classes)
+    return config
+  logging.warning('checkpoint class head %s has %d classes (config: %d); using %d.', name,
+                  classes, config.head.num_classes, classes)
+  return dataclasses.replace(config, head=dataclasses.replace(config.head, num_classes=classes))
+
+
 def convert(fmt: str, tensors: Mapping[str, np.ndarray], config: RetinaNetConfig,
             backbone_only: bool = False, detect_endpoints: bool = True,
-            keep_dtype: bool = False) -> tuple[SpineNetConfig | RetinaNetConfig, dict, dict]:
+            keep_dtype: bool = False, num_classes: int | None = None,
+            ) -> tuple[SpineNetConfig | RetinaNetConfig, dict, dict]:
   """Maps checkpoint `tensors` onto the model of `config`; returns (config, variables, report).
 
   With `backbone_only` the result is a SpineNet (config.backbone) and the checkpoint's other
   variables are counted and left out. With `detect_endpoints`, the endpoint width is taken from the
-  checkpoint when it differs from the config's. Values become float32 unless `keep_dtype`.
+  checkpoint when it differs from the config's. A RetinaNet gets the class count of the checkpoint's
+  class head (channels / anchors per location; `report['num_classes']`), so heads fine-tuned on
+  other classes convert; `num_classes`, if given, must agree with it (ValueError otherwise). Values
+  become float32 unless `keep_dtype`.
   """
+  if backbone_only and num_classes is not None:
+    raise ValueError('num_classes has no effect on a backbone-only conversion; leave it out.')
   source = source_format(fmt)
   report = {'format': fmt}
   if detect_endpoints:
@@ -150,6 +204,11 @@ def convert(fmt: str, tensors: Mapping[str, np.ndarray], config: RetinaNetConfig
   target = config.backbone if backbone_only else config
   template = abstract_variables(target)
   name_map = _name_map(source, target, template, tensors)
+  if not backbone_only:
+    # The name map does not depend on the class count; only the template's shapes do.
+    target = _fit_num_classes(config, name_map, tensors, num_classes, report)
+    if target != config:
+      template = abstract_variables(target)
   skipped = (lambda n: not source.is_backbone(n)) if backbone_only else (lambda n: False)
   variables, skipped_names = tf_checkpoint.apply_name_map(
       tensors, name_map, template, source.ignored, skipped,

@@ -86,14 +86,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
   """Trains to `config.train.total_steps` (resuming from `workdir`); returns the last metrics."""
   trainer = Trainer(config)
   trainer.check_batch()
+  # The data first: a dataset that would train wrongly stops the run before any compilation.
+  detector = trainer.detector
+  train_split = datasets.load_split(config, 'train', workdir, detector.num_classes,
+                                    detector.num_classes_key)
+  eval_split = datasets.load_split(config, 'eval', workdir, detector.num_classes,
+                                   detector.num_classes_key) if (
+      evaluate_at_end or config.train.eval_every_steps) else None
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      keep=config.train.keep_checkpoints)
   state, step = _restore(trainer, checkpoints)
   last_saved = step if step else None
   total = config.train.total_steps
-  train_split = datasets.load_split(config, 'train', workdir)
-  eval_split = datasets.load_split(config, 'eval', workdir) if (
-      evaluate_at_end or config.train.eval_every_steps) else None
   log.info('Training %s %s steps %d -> %d, global batch %d on %d devices (%d processes); train '
            'split: %d images.', trainer.detector.type, config.model.backbone.model_id, step, total,
            config.train.global_batch_size, jax.device_count(), jax.process_count(),

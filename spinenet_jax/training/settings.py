@@ -1,8 +1,10 @@
 """Config checks and the smoke switch, applied once before a run.
 
 `config.smoke = True` shrinks any config to a run of a few minutes on a CPU: the same model family
-at a quarter of its filters and one block repeat, 256x256 inputs, the embedded synthetic dataset,
-a handful of steps. Everything else (the recipe, the code paths) stays as configured.
+at a quarter of its filters and one block repeat, 256x256 inputs, a handful of steps, on the
+embedded synthetic dataset (or on the configured COCO folder, `data.source='coco_folder'`, so a
+user's own dataset can be tried end to end in minutes). Everything else (the recipe, the code
+paths) stays as configured.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.head.num_filters = min(config.model.head.num_filters, 32)
   config.model.head.num_convs = min(config.model.head.num_convs, 2)
   config.input.image_size = (256, 256)
-  config.data.source = 'synthetic'
-  config.data.train_split, config.data.eval_split = 'train', 'val'   # the synthetic set's splits
-  config.eval.annotation_file = None
+  if config.data.source != 'coco_folder':   # a user's own folder is kept: try it in minutes
+    config.data.source = 'synthetic'
+    config.data.train_split, config.data.eval_split = 'train', 'val'   # the synthetic splits
+    config.eval.annotation_file = None
   config.eval.num_images = 16
   config.eval.batch_size = 8
   t = config.train

@@ -10,15 +10,15 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-from jax.sharding import Mesh
+from jax.sharding import Mesh, Sharding
 
-from spinenet_jax import model_io, sharding
+from spinenet_jax import sharding
 from spinenet_jax.data import datasets
 from spinenet_jax.detectors import base as detectors
 from spinenet_jax.training import optimizer as opt_lib
 from spinenet_jax.training import train_step as step_lib
+from spinenet_jax.training import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +86,15 @@ class Trainer:
     return state
 
 
-def load_weights(state: step_lib.TrainState, directory: str, target) -> step_lib.TrainState:
-  """Starts from the weights of a model checkpoint (e.g. a converted official one)."""
-  _, variables, _ = model_io.load_model(directory)
-  new = {'params': state.params, 'batch_stats': state.batch_stats}
-  loaded = {k: variables.get(k, {}) for k in new}
-  mine, theirs = jax.tree_util.tree_structure(new), jax.tree_util.tree_structure(loaded)
-  if mine != theirs:
-    raise ValueError(f'init_checkpoint {directory} does not fit the configured model: variables '
-                     'differ in structure (check config.model against its model.json).')
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new),
-                          jax.tree_util.tree_leaves(loaded)):
-    if a.shape != b.shape:
-      raise ValueError(f'init_checkpoint {directory}: {jax.tree_util.keystr(path)} has shape '
-                       f'{b.shape}, the configured model needs {a.shape}.')
-  loaded = jax.device_put(jax.tree_util.tree_map(jnp.asarray, loaded), target)
-  log.info('Initialized from model checkpoint %s.', directory)
-  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'])
+def load_weights(state: step_lib.TrainState, directory: str,
+                 target: Sharding) -> step_lib.TrainState:
+  """Starts from the weights of a model checkpoint (e.g. a converted official one), placed with
+  sharding `target`. Variables of another shape or missing from the checkpoint (a class layer for
+  other classes, the head when it holds a backbone only) keep their fresh initialization and are
+  logged (`warm_start.load`); ValueError if most of the backbone does not fit."""
+  variables, _ = warm_start.load(variables_of(state), directory)
+  variables = jax.device_put(variables, target)
+  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
 
 
 def variables_of(state: step_lib.TrainState) -> dict:
