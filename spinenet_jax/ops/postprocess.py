@@ -72,14 +72,23 @@ def decode_outputs(cls_outputs: dict, box_outputs: dict, anchors: dict, num_clas
   return jnp.concatenate(scores, axis=1), boxes
 
 
+def _class_major(boxes: Array) -> Array:
+  """Class-specific boxes [B, N, C, 4] as [B, C, N, 4]."""
+  return jnp.swapaxes(boxes, 1, 2)
+
+
 def _candidates_shared(boxes: Array, scores: Array, k: int):
-  """Candidates from the k anchors with the best class score, in anchor order: [B, C, k]."""
+  """Candidates from the k anchors with the best class score, in anchor order: [B, C, k].
+  `boxes` [B, N, 4] (class-agnostic) or [B, N, C, 4] (class-specific)."""
   best = jnp.max(scores, axis=-1)                       # [B, N]
   _, anchor_ids = jax.lax.top_k(best, k)
   anchor_ids = jnp.sort(anchor_ids, axis=-1)            # anchor order keeps the official tie-break
   cand_scores = jnp.take_along_axis(scores, anchor_ids[..., None], axis=1)   # [B, k, C]
-  cand_boxes = jnp.take_along_axis(boxes, anchor_ids[..., None], axis=1)     # [B, k, 4]
   c = scores.shape[-1]
+  if boxes.ndim == 4:
+    cand_boxes = jnp.take_along_axis(_class_major(boxes), anchor_ids[:, None, :, None], axis=2)
+    return cand_boxes, jnp.swapaxes(cand_scores, 1, 2)
+  cand_boxes = jnp.take_along_axis(boxes, anchor_ids[..., None], axis=1)     # [B, k, 4]
   return (jnp.broadcast_to(cand_boxes[:, None], (boxes.shape[0], c, k, 4)),
           jnp.swapaxes(cand_scores, 1, 2))
 
@@ -87,7 +96,8 @@ def _candidates_shared(boxes: Array, scores: Array, k: int):
 def _candidates_per_class(boxes: Array, scores: Array, k: int):
   """The official per-class top-k: [B, C, k] candidates sorted by score (lower index on ties)."""
   cand_scores, ids = jax.lax.top_k(jnp.swapaxes(scores, 1, 2), k)           # [B, C, k]
-  cand_boxes = jnp.take_along_axis(boxes[:, None], ids[..., None], axis=2)  # [B, C, k, 4]
+  per_class = _class_major(boxes) if boxes.ndim == 4 else boxes[:, None]
+  cand_boxes = jnp.take_along_axis(per_class, ids[..., None], axis=2)       # [B, C, k, 4]
   return cand_boxes, cand_scores
 
 
@@ -112,7 +122,11 @@ def _per_class_detections(boxes: Array, scores: Array, config: DetectionConfig):
   slots = jnp.arange(config.max_total_size)
   det_scores = jnp.where(slots < num[..., None], det_scores, -1.0)
   # Padded slots carry the class's top box, as the official gather of index 0 of its top-k list.
-  top_box = jnp.take_along_axis(boxes, jnp.argmax(scores, axis=1)[..., None], axis=1)   # [B, C, 4]
+  top = jnp.argmax(scores, axis=1)                                            # [B, C]
+  if boxes.ndim == 4:
+    top_box = jnp.take_along_axis(_class_major(boxes), top[..., None, None], axis=2)[:, :, 0]
+  else:
+    top_box = jnp.take_along_axis(boxes, top[..., None], axis=1)              # [B, C, 4]
   det_boxes = jnp.where((slots < num[..., None])[..., None], det_boxes, top_box[:, :, None])
   classes = jnp.broadcast_to(jnp.arange(c)[None, :, None], det_scores.shape)
   flat = lambda x: x.reshape(b, c * config.max_total_size, *x.shape[3:])  # noqa: E731
@@ -133,6 +147,30 @@ def _class_agnostic_detections(boxes: Array, scores: Array, config: DetectionCon
   det_boxes = jnp.take_along_axis(cand_boxes, selected[..., None], axis=1)
   det_classes = jnp.take_along_axis(jnp.take_along_axis(cls, ids, axis=1), selected, axis=1)
   return det_boxes, det_scores, det_classes
+
+
+def generate_roi_detections(class_outputs: Array, box_outputs: Array, rois: Array,
+                            output_size: Array, config: DetectionConfig = DetectionConfig(),
+                            weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)) -> dict:
+  """Fast R-CNN detections, as the official `GenericDetectionGenerator` (v1 NMS).
+
+  class_outputs [B, N, C] logits (column 0 background), box_outputs [B, N, 4 C] class-specific
+  deltas (channel 4 c + coordinate), rois [B, N, 4] and output_size [B, 2] in output-canvas
+  pixels. Softmax, background dropped, each class's boxes decoded against the RoIs with `weights`
+  (+1 convention), clipped to the canvas, then per class: top `pre_nms_num_boxes`, TF1 NMS, and the
+  global top `max_total_size`. Same outputs as `generate_detections`.
+  """
+  b, n, c = class_outputs.shape
+  scores = jax.nn.softmax(class_outputs.astype(jnp.float32), axis=-1)[..., 1:]
+  deltas = box_outputs.reshape(b, n, c, 4)[:, :, 1:]
+  boxes = box_ops.decode(deltas, jnp.broadcast_to(rois[:, :, None], deltas.shape).astype(
+      jnp.float32), weights)
+  boxes = box_ops.clip_boxes(boxes.reshape(b, n * (c - 1), 4), output_size).reshape(
+      b, n, c - 1, 4)
+  det_boxes, det_scores, det_classes = _per_class_detections(boxes, scores, config)
+  return {'detection_boxes': det_boxes, 'detection_scores': det_scores,
+          'detection_classes': (det_classes + 1).astype(jnp.int32),
+          'num_detections': jnp.sum(det_scores > -1.0, axis=-1).astype(jnp.int32)}
 
 
 def generate_detections(cls_outputs: dict, box_outputs: dict, anchors: dict, output_size: Array,
