@@ -1,4 +1,5 @@
-"""RetinaNet losses as the official `modeling/losses.py`, plus GIoU and a global normalizer.
+"""RetinaNet and Mask R-CNN losses as the official `modeling/losses.py`, plus GIoU and a global
+normalizer.
 
 Official defaults: focal loss alpha 0.25, gamma 1.5 over all 91 class columns (background included,
 always a negative); Huber delta 0.1 on box deltas (TF1 huber: 0.5 x^2 inside delta, delta |x| -
@@ -132,6 +133,77 @@ def _box_loss(outputs: Array, targets: Array, cls_targets: Array, config: LossCo
                      box_ops.decode_encoded(targets, anchors))
     return jnp.where(cls_targets > 0, loss, 0.0)
   raise ValueError(f'box_loss must be "huber" or "giou", got {config.box_loss!r}.')
+
+
+# Mask R-CNN (official RpnScoreLoss, RpnBoxLoss, FastrcnnClassLoss, FastrcnnBoxLoss, MaskrcnnLoss)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRCNNLossConfig:
+  rpn_batch_size_per_im: int = 256     # the RPN score normalizer: images x 256
+  rpn_huber_delta: float = 1.0 / 9.0
+  frcnn_huber_delta: float = 1.0
+  normalizer_group_size: int | None = None   # images per "replica"; None: the global batch
+
+
+def _group_ratio(sums: Array, counts: Array, size: int | None) -> Array:
+  """Mean over replica groups of sum / count (0 where a group's count is 0, as TF's
+  SUM_BY_NONZERO_WEIGHTS)."""
+  total = jnp.sum(_group(sums, size), axis=1)
+  count = jnp.sum(_group(counts.astype(jnp.float32), size), axis=1)
+  return jnp.mean(jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0))
+
+
+def maskrcnn_loss(outputs: Mapping[str, Any], targets: Mapping[str, Any],
+                  config: MaskRCNNLossConfig = MaskRCNNLossConfig()) -> dict[str, Array]:
+  """The five Mask R-CNN loss terms (weights 1), each normalized per replica group as official.
+
+  outputs: 'rpn_scores' {level: [B, h, w, A]}, 'rpn_boxes' {level: [B, h, w, 4A]},
+  'class_outputs' [B, N, C], 'box_outputs' [B, N, 4C], 'mask_outputs' [B, M, S, S] (logits of
+  each sampled foreground RoI's class). targets: 'rpn_score_targets' {level: [B, h, w, A]} (1, 0,
+  -1 ignored), 'rpn_box_targets' {level: [B, h, w, 4A]}, 'class_targets' [B, N] int (0:
+  background), 'box_targets' [B, N, 4], 'mask_targets' [B, M, S, S] soft, 'mask_classes' [B, M]
+  (0: padding). RPN score: sigmoid CE over non-ignored anchors / (images x 256), levels summed;
+  RPN box: Huber (1/9) over non-zero targets / their count, each level separately, summed; Fast
+  R-CNN: softmax CE / RoIs, Huber (1) of the target class's deltas over foreground / (4 x fg);
+  mask: sigmoid CE over foreground masks / their pixels.
+  """
+  size = config.normalizer_group_size
+  b = outputs['class_outputs'].shape[0]
+  per_image = jnp.full((b,), float(config.rpn_batch_size_per_im))
+  rpn_score, rpn_box = 0.0, 0.0
+  for level in sorted(outputs['rpn_scores']):
+    labels = targets['rpn_score_targets'][level]
+    ce = optax.sigmoid_binary_cross_entropy(outputs['rpn_scores'][level].astype(jnp.float32),
+                                            jnp.maximum(labels, 0).astype(jnp.float32))
+    rpn_score = rpn_score + _group_ratio(_per_image_sum(jnp.where(labels >= 0, ce, 0.0)),
+                                         per_image, size)
+    box_targets = targets['rpn_box_targets'][level]
+    nonzero = box_targets != 0.0
+    huber = huber_loss(box_targets, outputs['rpn_boxes'][level], config.rpn_huber_delta)
+    rpn_box = rpn_box + _group_ratio(_per_image_sum(jnp.where(nonzero, huber, 0.0)),
+                                     _per_image_sum(nonzero), size)
+  classes = targets['class_targets'].astype(jnp.int32)
+  class_ce = optax.softmax_cross_entropy_with_integer_labels(
+      outputs['class_outputs'].astype(jnp.float32), classes)
+  frcnn_class = _group_ratio(_per_image_sum(class_ce),
+                             jnp.full((b,), float(classes.shape[1])), size)
+  n, c4 = outputs['box_outputs'].shape[1:]
+  deltas = outputs['box_outputs'].reshape(b, n, c4 // 4, 4)
+  deltas = jnp.take_along_axis(deltas, classes[:, :, None, None], axis=2)[:, :, 0]
+  foreground = (classes > 0)[..., None]
+  huber = huber_loss(targets['box_targets'], deltas, config.frcnn_huber_delta)
+  frcnn_box = _group_ratio(_per_image_sum(jnp.where(foreground, huber, 0.0)),
+                           4 * _per_image_sum(classes > 0), size)
+  mask_fg = (targets['mask_classes'] > 0)[..., None, None]
+  mask_ce = optax.sigmoid_binary_cross_entropy(outputs['mask_outputs'].astype(jnp.float32),
+                                               targets['mask_targets'].astype(jnp.float32))
+  pixels = mask_ce.shape[-1] * mask_ce.shape[-2]
+  mask = _group_ratio(_per_image_sum(jnp.where(mask_fg, mask_ce, 0.0)),
+                      pixels * _per_image_sum(targets['mask_classes'] > 0), size)
+  return {'rpn_score_loss': rpn_score, 'rpn_box_loss': rpn_box,
+          'fast_rcnn_class_loss': frcnn_class, 'fast_rcnn_box_loss': frcnn_box,
+          'mask_loss': mask}
 
 
 KERNEL_PATTERN = re.compile(r'(^|/)kernel$')
