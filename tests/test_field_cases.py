@@ -232,3 +232,113 @@ def test_annotation_id_zero_is_renumbered_so_its_match_counts(tmp_path):
   assert [a['id'] for a in evaluator.groundtruth['annotations']] == [1, 2]
   _perfect_detections(evaluator, evaluator.groundtruth)
   assert evaluator.evaluate()['AP'] == pytest.approx(1.0)
+
+
+# Kinds found by trying the workflow as a user (the review of the first version).
+
+
+def base_json(split='train'):
+  with open(case('base', 'annotations', f'{split}.json')) as f:
+    return json.load(f)
+
+
+def write_json(tmp_path, dataset, name='edited.json'):
+  path = tmp_path / name
+  path.write_text(json.dumps(dataset))
+  return str(path)
+
+
+def test_image_id_of_another_type_is_matched_and_unknown_ones_are_refused(tmp_path):
+  dataset = base_json()
+  for ann in dataset['annotations']:
+    ann['image_id'] = str(ann['image_id'])          # "1" for the image id 1
+  normalized, report = coco_json.normalize(write_json(tmp_path, dataset))
+  assert len(normalized['annotations']) == len(dataset['annotations'])
+  assert any('matched as text' in k for k in report.counts)
+  dataset['annotations'][0]['image_id'] = 'nope'
+  with pytest.raises(coco_json.DatasetError, match=r"1 annotations \(ids 1\) have an image_id"):
+    coco_json.normalize(write_json(tmp_path, dataset))
+
+
+@pytest.mark.parametrize('annotations', [None, {}, 'missing'])
+def test_json_without_an_annotations_list_is_refused(tmp_path, annotations):
+  dataset = base_json()
+  if annotations == 'missing':
+    del dataset['annotations']
+  else:
+    dataset['annotations'] = annotations
+  with pytest.raises(coco_json.DatasetError, match='no list .annotations.'):
+    coco_json.normalize(write_json(tmp_path, dataset))
+
+
+def test_training_json_without_objects_is_refused(tmp_path):
+  dataset = dict(base_json(), annotations=[])
+  config = folder_config(tmp_path, 'base')
+  config.data.train_annotations = write_json(tmp_path, dataset)
+  with pytest.raises(coco_json.DatasetError, match='no object is left to train on'):
+    datasets.load_split(config, 'train', str(tmp_path), 4)
+
+
+def test_file_names_relative_to_another_folder_are_refused(tmp_path):
+  dataset = base_json()
+  for image in dataset['images']:
+    image['file_name'] = 'train/' + image['file_name']
+  with pytest.raises(coco_json.DatasetError,
+                     match=r'none of its 8 images can be read .*train/train/train_000.png'):
+    coco_json.normalize(write_json(tmp_path, dataset), case('base', 'train'))
+
+
+def test_duplicate_and_unhashable_category_ids_are_refused(tmp_path):
+  dataset = base_json()
+  dataset['categories'].append({'id': 1, 'name': 'dup'})
+  with pytest.raises(coco_json.DatasetError, match="id 1 is listed twice, as 'red' and 'dup'"):
+    coco_json.normalize(write_json(tmp_path, dataset))
+  dataset = base_json()
+  dataset['annotations'][0]['category_id'] = [1]
+  with pytest.raises(coco_json.DatasetError, match=r'category_id \[1\]'):
+    coco_json.normalize(write_json(tmp_path, dataset))
+
+
+def test_swapped_category_ids_between_train_and_eval_are_refused(tmp_path):
+  config = folder_config(tmp_path, 'base', eval_json='val.json', eval_images='val')
+  swapped = base_json('val')
+  swapped['categories'] = [{'id': 1, 'name': 'green'}, {'id': 2, 'name': 'red'},
+                           {'id': 3, 'name': 'blue'}]
+  config.data.eval_annotations = write_json(tmp_path, swapped)
+  train = datasets.load_split(config, 'train', str(tmp_path), 4)
+  evaluation = datasets.load_split(config, 'eval', str(tmp_path), 4)
+  with pytest.raises(coco_json.DatasetError, match="'red' \\(1 in train, 2 in eval\\)"):
+    datasets.check_categories(train, evaluation)
+
+
+def test_eval_annotation_file_override_uses_the_folders_image_ids(tmp_path):
+  """String ids map to 1..N in each json's own order: an override listing the images in another
+  order is aligned by file name; one lacking images is refused before any inference."""
+  src = tmp_path / 'src'
+  shutil.copytree(case('string_image_ids'), src)
+  config = folder_config(tmp_path, 'string_image_ids')
+  config.data.eval_images = str(src / 'train')
+  config.data.eval_annotations = str(src / 'annotations' / 'train.json')
+  dataset = json.loads((src / 'annotations' / 'train.json').read_text())
+  reversed_json = dict(dataset, images=dataset['images'][::-1])
+  config.eval.annotation_file = write_json(tmp_path, reversed_json, 'override.json')
+  split = datasets.load_split(config, 'eval', str(tmp_path), 4)
+  names = {int(ex['image/id']): ex['image/filename'].decode() for ex in examples(split).values()}
+  assert {i['id']: i['file_name'] for i in split.groundtruth['images']} == names
+  subset = dict(dataset, images=dataset['images'][:2])
+  subset['annotations'] = [a for a in dataset['annotations']
+                           if a['image_id'] in {i['id'] for i in subset['images']}]
+  config.eval.annotation_file = write_json(tmp_path, subset, 'subset.json')
+  with pytest.raises(coco_json.DatasetError, match='lacks 1 of the evaluation images'):
+    datasets.load_split(config, 'eval', str(tmp_path), 4)
+
+
+def test_saved_detections_are_in_the_jsons_pixels_for_a_rescaled_file(tmp_path):
+  config = folder_config(tmp_path, 'json_size_mismatch', images='images')
+  split = datasets.load_split(config, 'eval', str(tmp_path), 4)
+  evaluator = coco_eval.CocoEvaluator(split.groundtruth)
+  _perfect_detections(evaluator, split.groundtruth)
+  assert evaluator.evaluate()['AP'] == pytest.approx(1.0)
+  with open(case('json_size_mismatch', 'annotations', 'train.json')) as f:
+    boxes = sorted(a['bbox'] for a in json.load(f)['annotations'])
+  np.testing.assert_allclose(sorted(d['bbox'] for d in evaluator.results()), boxes)

@@ -68,6 +68,15 @@ class Report:
   def count(self, what: str, n: int = 1) -> None:
     self.counts[what] += n
 
+  def note(self, what: str, level: int, message: str, *args) -> None:
+    """Counts `what` and logs the message for its first MAX_LISTED occurrences only: a json with
+    100k bad entries gets ten lines and a count, not 100k lines."""
+    self.counts[what] += 1
+    if self.counts[what] <= MAX_LISTED:
+      log.log(level, message, *args)
+    elif self.counts[what] == MAX_LISTED + 1:
+      log.log(level, '... (further "%s" not logged; the summary counts them)', what)
+
   def summary(self, num_classes: int | None = None) -> str:
     """A few lines a user reads: sizes, the category table, each repair with its count."""
     ids = sorted(self.categories)
@@ -106,14 +115,16 @@ def read(json_path: str) -> dict:
   if not isinstance(dataset, dict):
     raise DatasetError(f'{json_path}: a COCO instances json is an object with "images", '
                        f'"annotations" and "categories"; this one is a {type(dataset).__name__}.')
-  missing = [k for k in ('images', 'categories') if not isinstance(dataset.get(k), list)]
+  missing = [k for k in ('images', 'annotations', 'categories')
+             if not isinstance(dataset.get(k), list)]
   if missing:
     raise DatasetError(f'{json_path}: no list {" or ".join(repr(k) for k in missing)} (a COCO '
                        'instances json has "images", "annotations" and "categories").')
   return dataset
 
 
-def _listed(values: Iterable) -> str:
+def listed(values: Iterable) -> str:
+  """The first MAX_LISTED values, comma separated, and how many more."""
   values = list(values)
   more = f' and {len(values) - MAX_LISTED} more' if len(values) > MAX_LISTED else ''
   return ', '.join(str(v) for v in values[:MAX_LISTED]) + more
@@ -130,7 +141,11 @@ def _categories(dataset: dict, report: Report, num_classes: int | None,
     if not isinstance(cid, int) or isinstance(cid, bool):
       report.errors.append(f'category {c!r} has no integer "id".')
       continue
-    categories[cid] = str(c.get('name', cid))
+    name = str(c.get('name', cid))
+    if cid in categories:
+      report.errors.append(f'category id {cid} is listed twice, as {categories[cid]!r} and '
+                           f'{name!r}: give each category its own id.')
+    categories[cid] = name
   if 0 in categories or any(i < 0 for i in categories):
     report.errors.append(
         f'category id {min(categories)} ({categories[min(categories)]!r}): ids must be >= 1, as '
@@ -140,7 +155,7 @@ def _categories(dataset: dict, report: Report, num_classes: int | None,
   if num_classes is not None and categories and max(categories) >= num_classes:
     beyond = sorted(i for i in categories if i >= num_classes)
     report.errors.append(
-        f'category id(s) {_listed(beyond)} ({", ".join(repr(categories[i]) for i in beyond[:3])})'
+        f'category id(s) {listed(beyond)} ({", ".join(repr(categories[i]) for i in beyond[:3])})'
         f' do not fit a classifier of {num_classes_key}={num_classes} (ids 1..{num_classes - 1}):'
         f' their objects would be learned as background. Set {num_classes_key}='
         f'{max(categories) + 1} (max id + 1).')
@@ -169,7 +184,7 @@ def _image_ids(images: list, report: Report) -> dict:
   for image_id, names in files.items():
     if len(names) > 1:
       report.errors.append(
-          f'image id {image_id!r} is used by {len(names)} files: {_listed(names)}. Give each file '
+          f'image id {image_id!r} is used by {len(names)} files: {listed(names)}. Give each file '
           'its own id (and its annotations that id); this commonly follows a merge of two jsons.')
   if integral:
     return {i: i for i in files}
@@ -274,8 +289,8 @@ def _segmentation_area(segmentation, height, width) -> float | None:
 def _annotation(ann: dict, image: dict, json_size: tuple, report: Report) -> dict | None:
   box = _box(ann.get('bbox'))
   if box is None:
-    report.count(DROPPED_BOXES)
-    log.warning('%s: annotation %s dropped: bbox %r is not [x, y, w, h] with w, h > 0',
+    report.note(DROPPED_BOXES, logging.WARNING,
+                '%s: annotation %s dropped: bbox %r is not [x, y, w, h] with w, h > 0',
                 image['file_name'], ann.get('id'), ann.get('bbox'))
     return None
   out = dict(ann, image_id=image['id'], bbox=box)
@@ -312,15 +327,16 @@ def _count_cut(objects: dict[int, list[dict]], images: dict[int, dict],
 
 
 def normalize(json_path: str, images_dir: str | None = None, *, num_classes: int | None = None,
-              num_classes_key: str = 'num_classes', max_num_instances: int | None = None
-              ) -> tuple[dict, Report]:
+              num_classes_key: str = 'num_classes', max_num_instances: int | None = None,
+              require_objects: bool = False) -> tuple[dict, Report]:
   """(the normalized dataset, its report) of `json_path`; see the module docstring.
 
   `images_dir` given: image headers are read (size, EXIF orientation) and coordinates mapped
   onto the files' pixels; unreadable or missing files are dropped (counted, logged; the builder
   reports them too). `num_classes`: category ids must fit (the message names `num_classes_key`).
-  `max_num_instances`: what it cuts is counted. Raises DatasetError listing every problem that
-  would make results wrong, and FileNotFoundError for a missing json or images folder.
+  `max_num_instances`: what it cuts is counted. `require_objects` (training): no object left is an
+  error. Raises DatasetError listing every problem that would make results wrong (also when no
+  image file can be read), and FileNotFoundError for a missing json or images folder.
   """
   check_paths(json_path, images_dir)
   dataset = read(json_path)
@@ -335,10 +351,18 @@ def normalize(json_path: str, images_dir: str | None = None, *, num_classes: int
     image = _image(info, id_map[info['id']], images_dir, report)
     if image is not None:
       images[image['id']] = image
+  if images_in and not images:
+    first = os.path.join(images_dir, images_in[0]['file_name'])
+    raise DatasetError(f'{json_path}: none of its {len(images_in)} images can be read under '
+                       f'{images_dir} (the first: {first}). "file_name" must be relative to the '
+                       'images folder given.')
   annotations, objects = _annotations(dataset, id_map, images, categories, report)
   if report.errors:
     _raise(report)
   _renumber(annotations, report)
+  if require_objects and not annotations:
+    raise DatasetError(f'{json_path}: no object is left to train on ({len(images)} images, '
+                       f'{len(dataset["annotations"])} annotations; see the warnings above).')
   if max_num_instances:
     _count_cut(objects, images, max_num_instances, report)
   report.images, report.annotations = len(images), len(annotations)
@@ -356,15 +380,14 @@ def _image(info: dict, image_id: int, images_dir: str | None, report: Report) ->
     return image
   header = read_header(os.path.join(images_dir, info['file_name']))
   if isinstance(header, str):
-    report.count(DROPPED_FILES)
-    log.warning('%s: skipped, cannot read the file in %s: %s', info['file_name'], images_dir,
-                header)
+    report.note(DROPPED_FILES, logging.WARNING, '%s: skipped, cannot read the file in %s: %s',
+                info['file_name'], images_dir, header)
     return None
   geometry = image_geometry(json_size, *header)
   if geometry.kind:
-    report.count(GEOMETRY_NOTES[geometry.kind])
     level = logging.WARNING if geometry.kind == 'size_mismatch' else logging.INFO
-    log.log(level, '%s: %s: %s', info['file_name'], GEOMETRY_NOTES[geometry.kind], geometry.note)
+    report.note(GEOMETRY_NOTES[geometry.kind], level, '%s: %s: %s', info['file_name'],
+                GEOMETRY_NOTES[geometry.kind], geometry.note)
   image.update(height=geometry.size[0], width=geometry.size[1], scale=geometry.scale,
                orientation=header[1] if geometry.apply_exif else 1)
   return image
@@ -373,19 +396,30 @@ def _image(info: dict, image_id: int, images_dir: str | None, report: Report) ->
 def _annotations(dataset: dict, id_map: dict, images: dict, categories: dict,
                  report: Report) -> tuple[list[dict], dict[int, list[dict]]]:
   annotations, objects = [], collections.defaultdict(list)
-  unknown_category = collections.defaultdict(list)
-  for ann in dataset.get('annotations') or []:
+  unknown_category, unknown_image = collections.defaultdict(list), collections.defaultdict(list)
+  # An annotation's image_id of another type than the images' ids ("1" for 1) is the same image.
+  by_text = {str(k): v for k, v in id_map.items()}
+  for ann in dataset['annotations']:
     if not isinstance(ann, dict):
       report.errors.append(f'annotation {ann!r} is not an object.')
       continue
-    image_id = id_map.get(ann.get('image_id')) if _hashable(ann.get('image_id')) else None
-    if image_id is None or image_id not in images:
-      report.count('annotations dropped: image not listed or not readable')
-      log.warning('annotation %s dropped: image id %r is not a listed, readable image',
-                  ann.get('id'), ann.get('image_id'))
+    raw = ann.get('image_id')
+    image_id = id_map.get(raw) if _hashable(raw) else None
+    if image_id is None and raw is not None and str(raw) in by_text:
+      image_id = by_text[str(raw)]
+      report.note('annotations whose image_id differs in type from the image id (matched as '
+                  'text)', logging.INFO, 'annotation %s: image_id %r matched to image id %r',
+                  ann.get('id'), raw, next(k for k in id_map if str(k) == str(raw)))
+    if image_id is None:
+      unknown_image[repr(raw)].append(ann.get('id'))
       continue
-    if ann.get('category_id') not in categories:
-      unknown_category[ann.get('category_id')].append(ann.get('id'))
+    if image_id not in images:
+      report.note('annotations of images skipped (missing or unreadable file)', logging.INFO,
+                  'annotation %s: its image (id %r) was skipped', ann.get('id'), raw)
+      continue
+    category = ann.get('category_id')
+    if not _hashable(category) or category not in categories:
+      unknown_category[repr(category)].append(ann.get('id'))
       continue
     out = _annotation(ann, images[image_id], images[image_id]['json_size'], report)
     if out is not None:
@@ -393,8 +427,13 @@ def _annotations(dataset: dict, id_map: dict, images: dict, categories: dict,
       objects[image_id].append(out)
   for category, ids in unknown_category.items():
     report.errors.append(
-        f'{len(ids)} annotations (ids {_listed(ids)}) have category_id {category!r}, which '
-        f'"categories" does not list (ids {_listed(categories)}). Add the category or fix the ids.')
+        f'{len(ids)} annotations (ids {listed(ids)}) have category_id {category}, which '
+        f'"categories" does not list (ids {listed(categories)}). Add the category or fix the ids.')
+  if unknown_image:
+    ids = [i for v in unknown_image.values() for i in v]
+    report.errors.append(
+        f'{len(ids)} annotations (ids {listed(ids)}) have an image_id that no image lists '
+        f'({listed(unknown_image)}): they would be lost. Fix their image_id or add the images.')
   return annotations, objects
 
 

@@ -37,6 +37,7 @@ class Split:
   num_examples: int
   annotation_file: str | None        # COCO instances json for evaluation, if any
   groundtruth: dict | None = None    # that json normalized (coco_json): the evaluation's truth
+  categories: dict[int, str] | None = None   # {id: name} where the source has a json
 
 
 def parser_config(config, image_size: tuple[int, int] | None = None,
@@ -72,14 +73,15 @@ def load_split(config, which: str, workdir: str, num_classes: int | None = None,
   """
   d = config.data
   split = d.train_split if which == 'train' else d.eval_split
-  annotations, groundtruth = None, None
+  annotations, groundtruth, dataset_json = None, None, None
   if d.source == 'coco2017':
     if not d.tfds_data_dir:
       raise ValueError("config.data.tfds_data_dir must name the TFDS data_dir holding coco/2017.")
     ds = sources.load_coco2017(split, d.tfds_data_dir)
   elif d.source == 'coco_folder':
-    ds, annotations, groundtruth = _coco_folder(config, which, split, workdir, num_classes,
-                                                num_classes_key)
+    ds, annotations, dataset_json = _coco_folder(config, which, split, workdir, num_classes,
+                                                 num_classes_key)
+    groundtruth = dataset_json if which == 'eval' else None
   elif d.source == 'synthetic':
     root = d.synthetic_root or os.path.join(workdir, 'synthetic')
     ds = sources.load_synthetic(split, root, _tfds_dir(config, workdir),
@@ -92,16 +94,58 @@ def load_split(config, which: str, workdir: str, num_classes: int | None = None,
   if which == 'eval' and annotations and groundtruth is None:
     images_dir = d.eval_images if d.source == 'coco_folder' else None
     groundtruth, _ = coco_json.normalize(annotations, images_dir)
+    if dataset_json is not None:      # an override of a COCO folder's json: the folder's ids
+      groundtruth = _align_image_ids(groundtruth, dataset_json, annotations)
+  if groundtruth is not None:
+    groundtruth['json_path'] = annotations
   if which == 'eval' and config.eval.num_images:
     ds = ds.take(config.eval.num_images)
+  categories = {c['id']: c['name'] for c in (dataset_json or groundtruth or {}).get(
+      'categories', [])} or None
   return Split(ds, input_pipeline.num_examples(ds), annotations,
-               groundtruth if which == 'eval' else None)
+               groundtruth if which == 'eval' else None, categories)
+
+
+def _align_image_ids(groundtruth: dict, dataset_json: dict, path: str) -> dict:
+  """`groundtruth` (another json of a COCO folder's images) with the folder's image ids, matched
+  by file name; DatasetError, before any inference, when a folder image has no ground truth."""
+  ids = {i['file_name']: i['id'] for i in dataset_json['images']}
+  missing = sorted(set(ids) - {i['file_name'] for i in groundtruth['images']})
+  if missing:
+    raise coco_json.DatasetError(
+        f'config.eval.annotation_file={path} lacks {len(missing)} of the evaluation images '
+        f'({coco_json.listed(missing)}): evaluate with a json that lists every image of '
+        'config.data.eval_annotations.')
+  spare = iter(range(max(ids.values(), default=0) + 1, 2**62))
+  new_ids = {i['id']: ids.get(i['file_name']) or next(spare) for i in groundtruth['images']}
+  images = [dict(i, id=new_ids[i['id']]) for i in groundtruth['images']]
+  annotations = [dict(a, image_id=new_ids[a['image_id']]) for a in groundtruth['annotations']]
+  return dict(groundtruth, images=images, annotations=annotations)
+
+
+def check_categories(train: Split, eval_split: Split | None) -> None:
+  """DatasetError when the train and eval jsons give the same names to different ids (a swap:
+  the model would be scored against the wrong classes); a warning for other differences."""
+  if eval_split is None or not train.categories or not eval_split.categories:
+    return
+  a, b = train.categories, eval_split.categories
+  by_name = {name: i for i, name in a.items()}
+  swapped = sorted(f'{name!r} ({by_name[name]} in train, {i} in eval)' for i, name in b.items()
+                   if name in by_name and by_name[name] != i)
+  if swapped:
+    raise coco_json.DatasetError(
+        f'The train and eval jsons number categories differently: {", ".join(swapped[:5])}. '
+        'Use the same category ids in both.')
+  differ = sorted(i for i in set(a) & set(b) if a[i] != b[i])
+  if differ or set(a) != set(b):
+    log.warning('Train and eval categories differ: ids %s named differently, ids only in train '
+                '%s, only in eval %s.', differ, sorted(set(a) - set(b)), sorted(set(b) - set(a)))
 
 
 def _coco_folder(config, which: str, split: str, workdir: str, num_classes: int | None,
                  num_classes_key: str) -> tuple[tf.data.Dataset, str, dict | None]:
-  """(examples, json path, normalized ground truth for 'eval') of a COCO-folder split, checked
-  and prepared (under a fingerprinted name) if needed."""
+  """(examples, json path, the json normalized) of a COCO-folder split, checked and prepared
+  (under a fingerprinted name) if needed."""
   d = config.data
   images = d.train_images if which == 'train' else d.eval_images
   annotations = d.train_annotations if which == 'train' else d.eval_annotations
@@ -115,7 +159,8 @@ def _coco_folder(config, which: str, split: str, workdir: str, num_classes: int 
   normalized, report = coco_json.normalize(
       annotations, images if which == 'eval' else None, num_classes=num_classes,
       num_classes_key=num_classes_key,
-      max_num_instances=config.input.max_num_instances if which == 'train' else None)
+      max_num_instances=config.input.max_num_instances if which == 'train' else None,
+      require_objects=which == 'train')
   coco_json.log_report(report, num_classes)
   tfds_dir = _tfds_dir(config, workdir)
   stamp = coco_json.fingerprint(annotations, images, [i['file_name'] for i in normalized['images']],
@@ -124,19 +169,21 @@ def _coco_folder(config, which: str, split: str, workdir: str, num_classes: int 
   _note_stale(tfds_dir, f'{d.folder_name}_{split}_', name)
   builder = sources.build_coco_folder(name, {split: (images, annotations)}, tfds_dir)
   builder.download_and_prepare()
-  return builder.as_dataset(split=split), annotations, normalized if which == 'eval' else None
+  return builder.as_dataset(split=split), annotations, normalized
 
 
 def _note_stale(tfds_dir: str, prefix: str, name: str) -> None:
-  """Logs earlier preparations of the split that its json or images no longer match."""
+  """Logs the newest earlier preparation of the split that its json or images no longer match."""
   root = os.path.join(tfds_dir, 'coco_folder')
   if os.path.isdir(os.path.join(root, name)) or not os.path.isdir(root):
     return
-  for old in sorted(os.listdir(root)):
-    if old.startswith(prefix):
-      log.warning('The annotations or images changed since %s was prepared: preparing %s from '
-                  'the current files (delete the old folder to free its space).',
-                  os.path.join(root, old), name)
+  older = [os.path.join(root, d) for d in os.listdir(root) if d.startswith(prefix)]
+  prepared = [d for d in older if any(os.path.isfile(os.path.join(d, v, 'dataset_info.json'))
+                                      for v in os.listdir(d))]
+  if prepared:
+    log.warning('The annotations or images changed since %s was prepared: preparing %s from '
+                'the current files (delete the old folder to free its space).',
+                max(prepared, key=os.path.getmtime), name)
 
 
 def _per_process(global_batch: int, name: str) -> int:

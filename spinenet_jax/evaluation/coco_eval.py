@@ -63,7 +63,8 @@ class CocoEvaluator:
       groundtruth, report = coco_json.normalize(self.annotation_file)
       coco_json.log_report(report)
     else:
-      self.annotation_file = '(normalized json)' if groundtruth is not None else None
+      self.annotation_file = None if groundtruth is None else groundtruth.get(
+          'json_path', '(the given ground truth)')
     self.groundtruth = groundtruth
     self.drop_padded = drop_padded
     self.reset()
@@ -143,7 +144,7 @@ class CocoEvaluator:
     coco_gt = self._groundtruth()
     unknown = sorted(set(self.image_ids) - set(coco_gt.getImgIds()))
     if unknown:
-      raise ValueError(f'{len(unknown)} evaluated image ids are not in the ground truth '
+      raise coco_json.DatasetError(f'{len(unknown)} evaluated image ids are not in the ground truth '
                        f'{self.annotation_file or "(from the batches)"}: {unknown[:10]}')
     if not self.detections:
       log.warning('No detections to evaluate; all metrics are 0.')
@@ -161,8 +162,16 @@ class CocoEvaluator:
     return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
 
   def results(self) -> list[dict]:
-    """The detections in COCO results format, with the json's own image ids (strings included)."""
+    """The detections in COCO results format, in the json's own image ids (strings included) and
+    pixels (a file that is a rescale of the json's size: boxes scaled back)."""
     if self.groundtruth is None:
       return self.detections
-    original = {i['id']: i.get('original_id', i['id']) for i in self.groundtruth['images']}
-    return [dict(d, image_id=original.get(d['image_id'], d['image_id'])) for d in self.detections]
+    images = {i['id']: i for i in self.groundtruth['images']}
+    out = []
+    for d in self.detections:
+      image = images.get(d['image_id'], {})
+      sy, sx = image.get('scale', (1.0, 1.0))
+      x, y, w, h = d['bbox']          # back to the json's pixels where the file is a rescale
+      out.append(dict(d, image_id=image.get('original_id', d['image_id']),
+                      bbox=[x / sx, y / sy, w / sx, h / sy]))
+    return out

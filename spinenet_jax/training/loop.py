@@ -93,6 +93,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
   eval_split = datasets.load_split(config, 'eval', workdir, detector.num_classes,
                                    detector.num_classes_key) if (
       evaluate_at_end or config.train.eval_every_steps) else None
+  datasets.check_categories(train_split, eval_split)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      keep=config.train.keep_checkpoints)
   state, step = _restore(trainer, checkpoints)
