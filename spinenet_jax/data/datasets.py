@@ -64,28 +64,31 @@ def _tfds_dir(config, workdir: str) -> str:
 
 
 def load_split(config, which: str, workdir: str, num_classes: int | None = None,
-               num_classes_key: str = 'config.model.head.num_classes') -> Split:
+               num_classes_key: str = 'config.model.head.num_classes',
+               include_masks: bool = False) -> Split:
   """The 'train' or 'eval' split of `config.data`.
 
   `num_classes` (the detector's classifier size, reported as `num_classes_key`): COCO-folder
-  category ids must fit it. Raises coco_json.DatasetError (what to fix) for a json that would
+  category ids must fit it. `include_masks` (or `config.input.include_masks`): the examples carry
+  `objects/mask` (Mask R-CNN). Raises coco_json.DatasetError (what to fix) for a json that would
   train or evaluate wrongly, FileNotFoundError / ValueError naming missing paths or keys.
   """
   d = config.data
   split = d.train_split if which == 'train' else d.eval_split
   annotations, groundtruth, dataset_json = None, None, None
+  include_masks = bool(include_masks or config.input.get('include_masks'))
   if d.source == 'coco2017':
     if not d.tfds_data_dir:
       raise ValueError("config.data.tfds_data_dir must name the TFDS data_dir holding coco/2017.")
     ds = sources.load_coco2017(split, d.tfds_data_dir)
   elif d.source == 'coco_folder':
     ds, annotations, dataset_json = _coco_folder(config, which, split, workdir, num_classes,
-                                                 num_classes_key)
+                                                 num_classes_key, include_masks)
     groundtruth = dataset_json if which == 'eval' else None
   elif d.source == 'synthetic':
     root = d.synthetic_root or os.path.join(workdir, 'synthetic')
     ds = sources.load_synthetic(split, root, _tfds_dir(config, workdir),
-                                num_images=d.synthetic_num_images)
+                                num_images=d.synthetic_num_images, include_masks=include_masks)
     annotations = os.path.join(root, 'annotations', f'instances_{split}.json')
   else:
     raise ValueError(f'config.data.source must be one of {SOURCES}, got {d.source!r}.')
@@ -143,7 +146,8 @@ def check_categories(train: Split, eval_split: Split | None) -> None:
 
 
 def _coco_folder(config, which: str, split: str, workdir: str, num_classes: int | None,
-                 num_classes_key: str) -> tuple[tf.data.Dataset, str, dict | None]:
+                 num_classes_key: str, include_masks: bool = False
+                 ) -> tuple[tf.data.Dataset, str, dict | None]:
   """(examples, json path, the json normalized) of a COCO-folder split, checked and prepared
   (under a fingerprinted name) if needed."""
   d = config.data
@@ -164,10 +168,11 @@ def _coco_folder(config, which: str, split: str, workdir: str, num_classes: int 
   coco_json.log_report(report, num_classes)
   tfds_dir = _tfds_dir(config, workdir)
   stamp = coco_json.fingerprint(annotations, images, [i['file_name'] for i in normalized['images']],
-                                sources.CocoFolder.VERSION)
+                                sources.CocoFolder.VERSION)   # masks: a '_masks' name suffix
   name = f'{d.folder_name}_{split}_{stamp[:12]}'
   _note_stale(tfds_dir, f'{d.folder_name}_{split}_', name)
-  builder = sources.build_coco_folder(name, {split: (images, annotations)}, tfds_dir)
+  builder = sources.build_coco_folder(name, {split: (images, annotations)}, tfds_dir,
+                                      include_masks=include_masks)
   builder.download_and_prepare()
   return builder.as_dataset(split=split), annotations, normalized
 

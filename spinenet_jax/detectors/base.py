@@ -31,7 +31,8 @@ Array = jax.Array
 Variables = dict[str, Any]
 
 # Built-in detectors: type -> module that registers it (imported on first use).
-BUILTIN = {'retinanet': 'spinenet_jax.detectors.retinanet'}
+BUILTIN = {'retinanet': 'spinenet_jax.detectors.retinanet',
+           'maskrcnn': 'spinenet_jax.detectors.maskrcnn'}
 _REGISTRY: dict[str, type[Detector]] = {}
 
 

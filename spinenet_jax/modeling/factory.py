@@ -8,8 +8,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from spinenet_jax.losses import LossConfig
+from spinenet_jax.losses import LossConfig, MaskRCNNLossConfig
 from spinenet_jax.modeling import layers
+from spinenet_jax.modeling.maskrcnn import MaskRCNN, MaskRCNNConfig
+from spinenet_jax.modeling.maskrcnn_heads import FastRcnnHeadConfig, MaskHeadConfig, RpnHeadConfig
 from spinenet_jax.modeling.retinanet import HeadConfig, RetinaNet, RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 from spinenet_jax.ops.anchors import AnchorConfig
@@ -59,6 +61,23 @@ def retinanet_config(model_config) -> RetinaNetConfig:
                                       **anchors))
 
 
+def maskrcnn_config(model_config) -> MaskRCNNConfig:
+  """MaskRCNNConfig from `config.model` (backbone, norm, rpn/frcnn/mask heads, anchors)."""
+  backbone = backbone_config(model_config)
+  anchors = dict(model_config.anchors, aspect_ratios=tuple(model_config.anchors.aspect_ratios))
+  return MaskRCNNConfig(backbone, RpnHeadConfig(**dict(model_config.rpn_head)),
+                        FastRcnnHeadConfig(**dict(model_config.frcnn_head)),
+                        MaskHeadConfig(**dict(model_config.mask_head)),
+                        AnchorConfig(min_level=backbone.min_level, max_level=backbone.max_level,
+                                     **anchors), model_config.num_classes)
+
+
+def maskrcnn_loss_config(config) -> MaskRCNNLossConfig:
+  keys = ('rpn_huber_delta', 'frcnn_huber_delta', 'normalizer_group_size')
+  return MaskRCNNLossConfig(rpn_batch_size_per_im=config.rpn.batch_size_per_im,
+                            **{k: config.loss[k] for k in keys})
+
+
 def loss_config(config) -> LossConfig:
   return LossConfig(num_classes=config.model.head.num_classes, **dict(config.loss))
 
@@ -71,4 +90,6 @@ def model_from_config(config: SpineNetConfig | RetinaNetConfig, dtype: Any = jnp
   """The module for a config object (e.g. one `model_io.load_model` returned)."""
   if isinstance(config, RetinaNetConfig):
     return RetinaNet(config, dtype)
+  if isinstance(config, MaskRCNNConfig):
+    return MaskRCNN(config, dtype)
   return SpineNet(config, dtype)

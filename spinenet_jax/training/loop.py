@@ -88,10 +88,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, evaluate_at_end: bool
   trainer.check_batch()
   # The data first: a dataset that would train wrongly stops the run before any compilation.
   detector = trainer.detector
+  masks = detector.parser_options.get('include_masks', False)
   train_split = datasets.load_split(config, 'train', workdir, detector.num_classes,
-                                    detector.num_classes_key)
+                                    detector.num_classes_key, masks)
   eval_split = datasets.load_split(config, 'eval', workdir, detector.num_classes,
-                                   detector.num_classes_key) if (
+                                   detector.num_classes_key, masks) if (
       evaluate_at_end or config.train.eval_every_steps) else None
   datasets.check_categories(train_split, eval_split)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),

@@ -86,7 +86,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   """`--mode=eval`: the detector's evaluations of a checkpoint on the eval split."""
   detector, variables, step = load_for_eval(config, workdir)
   split = datasets.load_split(config, 'eval', workdir, detector.num_classes,
-                              detector.num_classes_key)
+                              detector.num_classes_key,
+                              detector.parser_options.get('include_masks', False))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mesh = sharding.make_mesh()
   metrics = eval_run.evaluate(predict_step(detector, mesh), variables, mesh, config, split,

@@ -24,8 +24,13 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   b.filter_size_scale = 0.25 * (b.filter_size_scale or _default_scale(b.model_id))
   b.block_repeats = 1
   b.endpoints_num_filters = 64
-  config.model.head.num_filters = min(config.model.head.num_filters, 32)
-  config.model.head.num_convs = min(config.model.head.num_convs, 2)
+  for name in ('head', 'rpn_head', 'frcnn_head', 'mask_head'):   # RetinaNet's, Mask R-CNN's
+    if name in config.model:
+      head = config.model[name]
+      head.num_filters = min(head.num_filters, 32)
+      head.num_convs = min(head.num_convs, 2)
+  if 'frcnn_head' in config.model:
+    config.model.frcnn_head.fc_dims = min(config.model.frcnn_head.fc_dims, 128)
   config.input.image_size = (256, 256)
   if config.data.source != 'coco_folder':   # a user's own folder is kept: try it in minutes
     config.data.source = 'synthetic'
