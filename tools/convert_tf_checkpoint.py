@@ -4,7 +4,10 @@
       --checkpoint=/path/to/spinenet-49/model.ckpt --output=/tmp/spinenet49 \
       [--backbone_only] [--num_classes=N] [--dump_features=IN.npy:OUT.npz]
 
-The result is a RetinaNet (backbone and head), or with --backbone_only a SpineNet. --dump_features
+The result is a RetinaNet (backbone and head), a Mask R-CNN (tf1 checkpoints with rpn_head/
+variables, or --detector=maskrcnn: head sizes and class count read from the checkpoint, defaults of
+the SpineNet Mask R-CNN yamls: relu, 190 swish, BN 0.99 / 1e-3, anchor size 3, 190: 5), or with
+--backbone_only a SpineNet. --dump_features
 writes the endpoints (level3 ... level7) and, for a RetinaNet, the raw head outputs (class_level3 ...,
 box_level3 ...; channels anchor * num_classes + class and anchor * 4 + coordinate).
 
@@ -32,7 +35,7 @@ from absl import flags
 from absl import logging
 
 from spinenet_jax import model_io
-from spinenet_jax.interop import convert
+from spinenet_jax.interop import convert, maskrcnn_convert
 from spinenet_jax.interop import tf_checkpoint
 
 _FORMAT = flags.DEFINE_enum('format', None, list(convert.FORMATS), 'Checkpoint format.')
@@ -58,6 +61,9 @@ _BACKBONE_ONLY = flags.DEFINE_bool('backbone_only', False,
                                    'Convert only the backbone of a detector checkpoint (or a '
                                    'backbone-only checkpoint); other variables are counted and '
                                    'left out.')
+_DETECTOR = flags.DEFINE_enum('detector', 'auto', ['auto', 'retinanet', 'maskrcnn'],
+                              'The detector of the checkpoint; auto: Mask R-CNN when it has '
+                              'rpn_head/ variables (tf1), else RetinaNet.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', None,
                                     'Expected class count, background included (default: read '
                                     'from the checkpoint\'s class head; an error if they differ).')
@@ -81,12 +87,25 @@ def main(argv):
 
 def _convert():
   dump = _parse_dump(_DUMP.value) if _DUMP.value else None
-  config = convert.model_config(_FORMAT.value, _MODEL_ID.value, _ACTIVATION.value, _PADDING.value,
-                                _MOMENTUM.value, _EPSILON.value, _ENDPOINTS.value,
-                                _HEAD_CONVS.value, _HEAD_FILTERS.value, _ANCHOR_SIZE.value)
   if dump and not os.path.isfile(dump[0]):
     raise FileNotFoundError(f'--dump_features input {dump[0]} does not exist')
   tensors = tf_checkpoint.read_tf_checkpoint(_CHECKPOINT.value)
+  detector = _DETECTOR.value
+  if detector == 'auto':
+    detector = 'maskrcnn' if maskrcnn_convert.is_maskrcnn(tensors) else 'retinanet'
+  if detector == 'maskrcnn':
+    if _FORMAT.value != 'tf1' or dump:
+      raise ValueError('Mask R-CNN checkpoints convert from --format=tf1, without '
+                       '--dump_features (not available for Mask R-CNN yet).')
+    config, read = maskrcnn_convert.config_from_checkpoint(
+        tensors, _MODEL_ID.value, _ACTIVATION.value, _MOMENTUM.value, _EPSILON.value,
+        _ENDPOINTS.value, _ANCHOR_SIZE.value)
+    logging.info('Mask R-CNN settings: %s', read)
+  else:
+    config = convert.model_config(_FORMAT.value, _MODEL_ID.value, _ACTIVATION.value,
+                                  _PADDING.value, _MOMENTUM.value, _EPSILON.value,
+                                  _ENDPOINTS.value, _HEAD_CONVS.value, _HEAD_FILTERS.value,
+                                  _ANCHOR_SIZE.value)
   config, variables, report = convert.convert(
       _FORMAT.value, tensors, config, backbone_only=_BACKBONE_ONLY.value,
       detect_endpoints=_ENDPOINTS.value is None, num_classes=_NUM_CLASSES.value)

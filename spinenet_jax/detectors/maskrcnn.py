@@ -26,6 +26,7 @@ from spinenet_jax import losses
 from spinenet_jax.analysis import summary as summary_lib
 from spinenet_jax.detectors import base
 from spinenet_jax.modeling import factory
+from spinenet_jax.modeling import maskrcnn as maskrcnn_model
 from spinenet_jax.modeling.maskrcnn import MaskRCNN, MaskRCNNConfig
 from spinenet_jax.ops import anchors as anchor_ops
 from spinenet_jax.ops import mask_targets, postprocess, proposals, roi_sampler, rpn_targets
@@ -117,9 +118,7 @@ class MaskRCNNDetector(base.Detector):
     return boxes, anchor_ops.unpack_levels(boxes, self.config.anchors, image_size)
 
   def init(self, rng: Array, image_size: tuple[int, int]) -> base.Variables:
-    rois = jnp.array([[[0.0, 0.0, 32.0, 32.0]]])
-    variables = self.module.init(rng, jnp.zeros((1, *image_size, 3), jnp.float32), rois, rois,
-                                 jnp.zeros((1, 1), jnp.int32))
+    variables = self.module.init(rng, *maskrcnn_model.init_inputs(image_size))
     return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
   def _proposals(self, scores: dict, deltas: dict, per_level: dict, canvas: Array,

@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spinenet_jax.interop import head_names
+from spinenet_jax.interop import head_names, maskrcnn_names
 from spinenet_jax.interop import tf1_names
 from spinenet_jax.interop import tf2_names
 from spinenet_jax.interop import tf_checkpoint
 from spinenet_jax.modeling import block_specs
 from spinenet_jax.modeling import factory
 from spinenet_jax.modeling import layers
+from spinenet_jax.modeling import maskrcnn as maskrcnn_model
 from spinenet_jax.modeling.retinanet import HeadConfig, RetinaNet, RetinaNetConfig
 from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 from spinenet_jax.ops.anchors import AnchorConfig
@@ -101,21 +102,30 @@ def model_config(fmt: str, model_id: str, activation: str | None = None,
   return RetinaNetConfig(backbone, head, anchors)
 
 
-def abstract_variables(config: SpineNetConfig | RetinaNetConfig, size: int = 256) -> dict:
+def abstract_variables(config, size: int = 256) -> dict:
   model = factory.model_from_config(config)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+  if isinstance(config, maskrcnn_model.MaskRCNNConfig):
+    inputs = maskrcnn_model.init_inputs((size, size))
+  else:
+    inputs = (jnp.zeros((1, size, size, 3)),)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
 
 
 def _backbone_of(config):
-  return config.backbone if isinstance(config, RetinaNetConfig) else config
+  return config if isinstance(config, SpineNetConfig) else config.backbone
 
 
 def _name_map(source: SourceFormat, config, template: Mapping, tensors: Mapping) -> dict:
-  if not isinstance(config, RetinaNetConfig):
+  if isinstance(config, SpineNetConfig):
     return source.backbone_names(template['params'], config, tensors)
   names = {n: (c, ('backbone',) + p) for n, (c, p) in source.backbone_names(
       template['params']['backbone'], config.backbone, tensors).items()}
-  names.update(source.head_names(template['params'], tensors))
+  if isinstance(config, maskrcnn_model.MaskRCNNConfig):
+    if source.ignored is not tf_checkpoint.TF1_IGNORED:
+      raise ValueError('Mask R-CNN checkpoints convert from the tf1 format only.')
+    names.update(maskrcnn_names.maskrcnn_tf1_names(template['params']))
+  else:
+    names.update(source.head_names(template['params'], tensors))
   return names
 
 
@@ -204,7 +214,12 @@ def convert(fmt: str, tensors: Mapping[str, np.ndarray], config: RetinaNetConfig
   target = config.backbone if backbone_only else config
   template = abstract_variables(target)
   name_map = _name_map(source, target, template, tensors)
-  if not backbone_only:
+  if not backbone_only and isinstance(config, maskrcnn_model.MaskRCNNConfig):
+    if num_classes is not None and num_classes != config.num_classes:
+      raise ValueError(f'num_classes={num_classes} (--num_classes) disagrees with the checkpoint: '
+                       f'fast_rcnn_head/class-predict has {config.num_classes} classes.')
+    report['num_classes'] = config.num_classes
+  if not backbone_only and isinstance(config, RetinaNetConfig):
     # The name map does not depend on the class count; only the template's shapes do.
     target = _fit_num_classes(config, name_map, tensors, num_classes, report)
     if target != config:

@@ -69,6 +69,12 @@ class MaskRCNNConfig:
                AnchorConfig(**anchors), int(d['num_classes']))
 
 
+def init_inputs(image_size: tuple[int, int]) -> tuple[Array, Array, Array, Array]:
+  """(images, rois, mask_rois, mask_classes) that `MaskRCNN.init` needs: one image and one RoI."""
+  rois = jnp.array([[[0.0, 0.0, 32.0, 32.0]]])
+  return jnp.zeros((1, *image_size, 3), jnp.float32), rois, rois, jnp.zeros((1, 1), jnp.int32)
+
+
 class MaskRCNN(nn.Module):
   """SpineNet + RPN + Fast R-CNN + mask heads. Parameters float32, compute in `dtype`."""
   config: MaskRCNNConfig = MaskRCNNConfig()
