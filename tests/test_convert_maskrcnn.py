@@ -80,10 +80,40 @@ def test_cli_recognizes_a_maskrcnn_checkpoint_and_eval_loads_it(tmp_path):
   prefix = str(tmp_path / 'ckpt' / 'model.ckpt')
   write_tf1_checkpoint(prefix, official_tensors(2))
   out = tmp_path / 'converted'
+  np.save(tmp_path / 'in.npy', np.zeros((1, 128, 128, 3), np.float32))
+  np.save(tmp_path / 'rois.npy', np.array([[[8, 8, 64, 100]]], np.float32))
   cmd = [sys.executable, os.path.join(ROOT, 'tools', 'convert_tf_checkpoint.py'), '--format=tf1',
-         '--model_id=49', f'--checkpoint={prefix}', f'--output={out}']
+         '--model_id=49', f'--checkpoint={prefix}', f'--output={out}',
+         f'--dump_features={tmp_path / "in.npy"}:{tmp_path / "out.npz"}',
+         f'--dump_rois={tmp_path / "rois.npy"}', '--dump_dtype=float64']
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Mask R-CNN settings' in result.stderr
   config, variables, _ = model_io.load_model(str(out))
   assert model_io.model_type(config) == 'maskrcnn' and config.num_classes == 91
+  dumped = np.load(tmp_path / 'out.npz')
+  assert dumped['mask_logits'].shape == (1, 1, 28, 28, 91)
+  assert dumped['frcnn_class'].dtype == np.float64
+
+
+def test_feature_dumps_in_float32_and_float64(tmp_path):
+  """The Mask R-CNN dumps: shapes, proposals in the image, float32 within float32 noise of the
+  float64 run."""
+  tensors = official_tensors(3)
+  config, _ = maskrcnn_convert.config_from_checkpoint(tensors, '49')
+  config, variables, _ = convert.convert('tf1', tensors, config)
+  rng = np.random.default_rng(4)
+  images = rng.normal(size=(1, 128, 256, 3)).astype(np.float32)
+  rois = np.array([[[0, 0, 40, 60], [-10, 100, 50, 300], [20, 30, 127, 255]]], np.float32)
+  out32 = maskrcnn_convert.dump_features(config, variables, images, rois)
+  assert out32['rpn_score_level3'].shape == (1, 16, 32, 3)
+  assert out32['rpn_box_level7'].shape == (1, 1, 2, 12)
+  assert out32['proposals'].shape == (1, 1000, 4) and out32['proposal_scores'].shape == (1, 1000)
+  assert out32['frcnn_class'].shape == (1, 3, 91) and out32['frcnn_box'].shape == (1, 3, 364)
+  assert out32['mask_logits'].shape == (1, 3, 28, 28, 91)
+  with jax.enable_x64(True):
+    out64 = maskrcnn_convert.dump_features(config, variables, images.astype(np.float64), rois)
+  assert out64['frcnn_class'].dtype == np.float64
+  for key in ('level5', 'rpn_score_level4', 'frcnn_class', 'mask_logits'):
+    scale = np.abs(out64[key]).max()
+    np.testing.assert_allclose(out32[key], out64[key], atol=1e-3 * scale, err_msg=key)

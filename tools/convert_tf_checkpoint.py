@@ -29,6 +29,7 @@ variables and the model settings (`model.json`), so loading it needs no flags.
 import json
 import os
 
+import jax
 import numpy as np
 from absl import app
 from absl import flags
@@ -61,6 +62,12 @@ _BACKBONE_ONLY = flags.DEFINE_bool('backbone_only', False,
                                    'Convert only the backbone of a detector checkpoint (or a '
                                    'backbone-only checkpoint); other variables are counted and '
                                    'left out.')
+_DUMP_ROIS = flags.DEFINE_string('dump_rois', None,
+                                 'Mask R-CNN: ROIS.npy, float32 [B, N, 4] RoIs (input pixels) whose '
+                                 'Fast R-CNN and mask head outputs --dump_features also writes.')
+_DUMP_DTYPE = flags.DEFINE_enum('dump_dtype', 'float32', ['float32', 'float64'],
+                                'Run the feature dump in this dtype (float64: the converted '
+                                'weights, the model and every op; Mask R-CNN).')
 _DETECTOR = flags.DEFINE_enum('detector', 'auto', ['auto', 'retinanet', 'maskrcnn'],
                               'The detector of the checkpoint; auto: Mask R-CNN when it has '
                               'rpn_head/ variables (tf1), else RetinaNet.')
@@ -94,9 +101,8 @@ def _convert():
   if detector == 'auto':
     detector = 'maskrcnn' if maskrcnn_convert.is_maskrcnn(tensors) else 'retinanet'
   if detector == 'maskrcnn':
-    if _FORMAT.value != 'tf1' or dump:
-      raise ValueError('Mask R-CNN checkpoints convert from --format=tf1, without '
-                       '--dump_features (not available for Mask R-CNN yet).')
+    if _FORMAT.value != 'tf1':
+      raise ValueError('Mask R-CNN checkpoints convert from --format=tf1.')
     config, read = maskrcnn_convert.config_from_checkpoint(
         tensors, _MODEL_ID.value, _ACTIVATION.value, _MOMENTUM.value, _EPSILON.value,
         _ENDPOINTS.value, _ANCHOR_SIZE.value)
@@ -114,9 +120,23 @@ def _convert():
   logging.info('wrote %s', _OUTPUT.value)
   print(json.dumps(report))
   if dump:
-    images = np.load(dump[0])
-    np.savez(dump[1], **convert.dump_features(config, variables, images))
-    print(f'features of {dump[0]} written to {dump[1]}')
+    _dump(config, variables, dump, detector)
+
+
+def _dump(config, variables, dump: tuple[str, str], detector: str) -> None:
+  images = np.load(dump[0])
+  if detector != 'maskrcnn' or _BACKBONE_ONLY.value:
+    if _DUMP_ROIS.value or _DUMP_DTYPE.value != 'float32':
+      raise ValueError('--dump_rois and --dump_dtype apply to Mask R-CNN conversions.')
+    features = convert.dump_features(config, variables, images)
+  else:
+    if _DUMP_DTYPE.value == 'float64':
+      jax.config.update('jax_enable_x64', True)
+    rois = np.load(_DUMP_ROIS.value) if _DUMP_ROIS.value else None
+    features = maskrcnn_convert.dump_features(config, variables,
+                                              images.astype(_DUMP_DTYPE.value), rois)
+  np.savez(dump[1], **features)
+  print(f'features of {dump[0]} written to {dump[1]}')
 
 
 if __name__ == '__main__':

@@ -13,10 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from spinenet_jax.modeling import block_specs, layers
-from spinenet_jax.modeling.maskrcnn import MaskRCNNConfig, mask_anchor_config
+from spinenet_jax.modeling.maskrcnn import MaskRCNN, MaskRCNNConfig, mask_anchor_config
+from spinenet_jax.ops import anchors as anchor_ops
+from spinenet_jax.ops import proposals as proposal_ops
 from spinenet_jax.modeling.maskrcnn_heads import FastRcnnHeadConfig, MaskHeadConfig, RpnHeadConfig
 from spinenet_jax.modeling.spinenet import SpineNetConfig
 
@@ -74,3 +78,48 @@ def config_from_checkpoint(tensors: Mapping, model_id: str, activation: str | No
   settings = dict(read, activation=backbone.activation, bn_momentum=norm.momentum,
                   bn_epsilon=norm.epsilon, anchor_size=size)
   return config, settings
+
+
+def dump_features(config: MaskRCNNConfig, variables: dict, images: np.ndarray,
+                  rois: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Inference-mode outputs to compare with the official graph, in the images' dtype (float64
+  needs `jax_enable_x64`; the weights are cast to it):
+  level{l} endpoints; rpn_score_level{l} [B, h, w, A], rpn_box_level{l} [B, h, w, 4A] (raw);
+  proposals [B, 1000, 4] and proposal_scores [B, 1000] (test settings, input pixels); with `rois`
+  [B, N, 4] float32 (input pixels): frcnn_class [B, N, C], frcnn_box [B, N, 4C] and mask_logits
+  [B, N, 28, 28, C] (every class). RoIAlign's grid runs in float32, the RoIs' dtype, as official.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.dtype not in (np.float32, np.float64):
+    raise ValueError(f'--dump_features input must be float32 or float64 NHWC with 3 channels, '
+                     f'got {images.dtype} {images.shape}.')
+  dtype = jnp.dtype(images.dtype)
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    raise ValueError('float64 dumps need jax_enable_x64 (the tool sets it for '
+                     '--dump_dtype=float64).')
+  variables = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), variables)
+  model = MaskRCNN(config, dtype=dtype)
+  size = images.shape[1:3]
+  per_level = anchor_ops.unpack_levels(anchor_ops.generate_anchors(config.anchors, size),
+                                       config.anchors, size)
+
+  @jax.jit
+  def run(variables, images, rois):
+    def forward(m):
+      features, scores, boxes = m.backbone_and_rpn(images)
+      canvas = jnp.broadcast_to(jnp.asarray(size, jnp.float32), (images.shape[0], 2))
+      props, props_scores = proposal_ops.multilevel_propose_rois(
+          scores, boxes, per_level, canvas, pre_nms_top_k=1000, post_nms_top_k_per_level=1000,
+          nms_iou_threshold=0.7, total_top_k=1000)
+      out = {**{f'level{k}': v for k, v in features.items()},
+             **{f'rpn_score_level{k}': v for k, v in scores.items()},
+             **{f'rpn_box_level{k}': v for k, v in boxes.items()},
+             'proposals': props, 'proposal_scores': props_scores}
+      if rois is not None:
+        out['frcnn_class'], out['frcnn_box'] = m.box_head(features, rois)
+        out['mask_logits'] = m.mask_head(features, rois, None)
+      return out
+    return model.apply(variables, method=forward)
+
+  rois = None if rois is None else jnp.asarray(rois, jnp.float32)
+  return {k: np.asarray(v) for k, v in run(variables, jnp.asarray(images), rois).items()}

@@ -110,9 +110,10 @@ class MaskRCNN(nn.Module):
     classes, boxes = self.frcnn(crops, train)
     return self._float(classes), self._float(boxes)
 
-  def mask_head(self, features: dict[int, Array], rois: Array, classes: Array,
+  def mask_head(self, features: dict[int, Array], rois: Array, classes: Array | None,
                 train: bool = False) -> Array:
-    """Mask logits [B, N, 28, 28] of RoIs [B, N, 4] for their classes [B, N]."""
+    """Mask logits [B, N, 28, 28] of RoIs [B, N, 4] for their classes [B, N] (None: every
+    class, [B, N, 28, 28, num_classes])."""
     crops = roi_align.multilevel_roi_align(features, rois.astype(jnp.float32), MASK_CROP_SIZE)
     return self._float(self.mask(crops, classes, train))
 

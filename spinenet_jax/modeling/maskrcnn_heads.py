@@ -122,7 +122,8 @@ class MaskHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, roi_features: Array, classes: Array, train: bool = False) -> Array:
+  def __call__(self, roi_features: Array, classes: Array | None, train: bool = False) -> Array:
+    """classes None: the logits of every class, [B, N, 28, 28, num_classes] (feature dumps)."""
     c = self.config
     b, n, s, _, channels = roi_features.shape
     x = roi_features.reshape(b * n, s, s, channels)
@@ -139,6 +140,8 @@ class MaskHead(nn.Module):
                      name='mask_fcn_logits')(x)
     size = logits.shape[1]
     logits = logits.reshape(b, n, size, size, self.num_classes)
+    if classes is None:
+      return logits
     index = jnp.broadcast_to(classes.astype(jnp.int32)[:, :, None, None, None],
                              (b, n, size, size, 1))
     return jnp.take_along_axis(logits, index, axis=-1)[..., 0]
