@@ -56,6 +56,17 @@ class MaskHeadConfig:
   mask_target_size: int = 28    # the transposed conv doubles the 14 x 14 RoIAlign crop
 
 
+def _conv_norm_stack(x: Array, count: int, features: int, name: str, norm: layers.NormConfig,
+                     activation: str, dtype: Any, train: bool) -> Array:
+  """`count` x (3x3 SAME conv with bias, VarianceScaling(2, fan_out) -> batch norm + activation),
+  named `{name}{i}` and `{name}{i}_bn` in the calling module (the Fast R-CNN and mask heads)."""
+  for i in range(count):
+    x = nn.Conv(features, (3, 3), padding='SAME', kernel_init=FAN_OUT_NORMAL, dtype=dtype,
+                name=f'{name}{i}')(x)
+    x = layers.Norm(norm, dtype, name=f'{name}{i}_bn')(x, train, activation)
+  return x
+
+
 class RpnHead(nn.Module):
   """Objectness scores and box deltas per level (official `RpnHead`)."""
   config: RpnHeadConfig
@@ -96,11 +107,8 @@ class FastRcnnHead(nn.Module):
   def __call__(self, roi_features: Array, train: bool = False) -> tuple[Array, Array]:
     c = self.config
     b, n, s, _, channels = roi_features.shape
-    x = roi_features.reshape(b * n, s, s, channels)
-    for i in range(c.num_convs):
-      x = nn.Conv(c.num_filters, (3, 3), padding='SAME', kernel_init=FAN_OUT_NORMAL,
-                  dtype=self.dtype, name=f'conv_{i}')(x)
-      x = layers.Norm(self.norm, self.dtype, name=f'conv_{i}_bn')(x, train, self.activation)
+    x = _conv_norm_stack(roi_features.reshape(b * n, s, s, channels), c.num_convs,
+                         c.num_filters, 'conv_', self.norm, self.activation, self.dtype, train)
     x = x.reshape(b, n, -1)
     for i in range(c.num_fcs):
       x = nn.Dense(c.fc_dims, dtype=self.dtype, name=f'fc{i + 6}')(x)
@@ -126,11 +134,9 @@ class MaskHead(nn.Module):
     """classes None: the logits of every class, [B, N, 28, 28, num_classes] (feature dumps)."""
     c = self.config
     b, n, s, _, channels = roi_features.shape
-    x = roi_features.reshape(b * n, s, s, channels)
-    for i in range(c.num_convs):
-      x = nn.Conv(c.num_filters, (3, 3), padding='SAME', kernel_init=FAN_OUT_NORMAL,
-                  dtype=self.dtype, name=f'mask_conv_l{i}')(x)
-      x = layers.Norm(self.norm, self.dtype, name=f'mask_conv_l{i}_bn')(x, train, self.activation)
+    x = _conv_norm_stack(roi_features.reshape(b * n, s, s, channels), c.num_convs,
+                         c.num_filters, 'mask_conv_l', self.norm, self.activation, self.dtype,
+                         train)
     # transpose_kernel=True takes TF's conv2d_transpose kernel [kh, kw, out, in] as stored.
     x = nn.ConvTranspose(c.num_filters, (2, 2), strides=(2, 2), padding='VALID',
                          transpose_kernel=True, kernel_init=FAN_OUT_NORMAL, dtype=self.dtype,

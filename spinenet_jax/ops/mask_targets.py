@@ -15,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from spinenet_jax.ops import roi_align
+
 _EPSILON = 1e-8
 _PAD = 2   # official `pad_to_bounding_box(masks, 2, 2, height + 4, width + 4)`
 
@@ -26,20 +28,15 @@ class MaskTargets(NamedTuple):
 
 
 def _interpolation(start, size, bound, output_size: int, sample_offset: float):
-  """Official `compute_grid_positions` along one axis: [..., S] low/high indices and weights.
+  """Official `compute_grid_positions` along one axis (`roi_align.grid_positions`, with its
+  correctly rounded division): [..., S] low / high indices and their weights.
 
   The sample index is clamped to [0, bound] but the weight uses the unclamped coordinate, as
   officially (below 0 this extrapolates from the two first pixels, which are zero padding here).
   """
-  steps = (jnp.arange(output_size, dtype=start.dtype) + sample_offset) * size[..., None]
-  # XLA turns a division by a broadcast constant into a multiply by its reciprocal (an ulp off
-  # about half the time, e.g. 5.5 * 112 / 28 -> 22.000002); hiding the divisor keeps TF's exact
-  # division, as `roi_align` does.
-  grid = start[..., None] + steps / jax.lax.optimization_barrier(jnp.full_like(steps, output_size))
-  low = jnp.minimum(jnp.maximum(jnp.floor(grid), 0.0), bound)
-  high = jnp.minimum(low + 1.0, bound)
-  frac = grid - low
-  return low.astype(jnp.int32), high.astype(jnp.int32), 1.0 - frac, frac
+  indices, kernel = roi_align.grid_positions(start, size, jnp.full_like(start, bound),
+                                             output_size, sample_offset)
+  return indices[..., 0], indices[..., 1], kernel[..., 0], kernel[..., 1]
 
 
 def crop_mask_in_target_box(masks: jax.Array, boxes: jax.Array, target_boxes: jax.Array,

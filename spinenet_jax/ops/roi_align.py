@@ -35,7 +35,7 @@ CANONICAL_SIZE = 224.0   # a 224 x 224 RoI maps to level 4 (FPN paper, official)
 CANONICAL_LEVEL = 4
 
 
-def _divide(x: Array, divisor: float) -> Array:
+def exact_divide(x: Array, divisor: float) -> Array:
   """x / divisor, correctly rounded. XLA rewrites division by a broadcast constant into a multiply
   by its reciprocal, which is off by an ulp about half the time; TF (and numpy) divide. An ulp in
   a grid coordinate moves an extrapolated sample, and one in the level's log flips boundary boxes,
@@ -49,17 +49,20 @@ def assign_levels(boxes: Array, min_level: int, max_level: int) -> Array:
   width = boxes[..., 3] - boxes[..., 1]
   areas_sqrt = jnp.sqrt(height * width)
   two = jnp.asarray(2.0, boxes.dtype)
-  levels = jnp.floor(_divide(jnp.log(_divide(areas_sqrt, CANONICAL_SIZE)), jnp.log(two))) + \
-      CANONICAL_LEVEL
+  log_ratio = jnp.log(exact_divide(areas_sqrt, CANONICAL_SIZE))
+  levels = jnp.floor(exact_divide(log_ratio, jnp.log(two))) + CANONICAL_LEVEL
   # TF casts -inf (zero area) and NaN (negative area) to INT_MIN, which the clip sends to min_level.
   levels = jnp.where(jnp.isnan(levels), -jnp.inf, levels)
   return jnp.clip(levels, min_level, max_level).astype(jnp.int32)
 
 
-def _grid(starts: Array, sizes: Array, bounds: Array, output_size: int, sample_offset: float):
-  """(lower, upper) int32 indices [..., out, 2] and kernel [..., out, 2] of one axis."""
+def grid_positions(starts: Array, sizes: Array, bounds: Array, output_size: int,
+                   sample_offset: float) -> tuple[Array, Array]:
+  """Official `compute_grid_positions` along one axis: (lower, upper) int32 indices [..., out, 2]
+  and bilinear kernel [..., out, 2] of boxes starting at `starts` [...] with `sizes` [...], the
+  indices clamped to [0, `bounds` [...]] and the weights from the unclamped coordinate."""
   steps = (np.arange(output_size, dtype=np.float64) + sample_offset).astype(starts.dtype)
-  grid = starts[..., None] + _divide(steps * sizes[..., None], output_size)
+  grid = starts[..., None] + exact_divide(steps * sizes[..., None], output_size)
   lower = jnp.minimum(jnp.maximum(jnp.floor(grid), 0.0), bounds[..., None])
   upper = jnp.minimum(lower + 1.0, bounds[..., None])
   frac = grid - lower                    # the unclamped coordinate: extrapolates before 0
@@ -79,8 +82,8 @@ def crop_and_resize(flat_features: Array, level_offsets: Array, level_widths: Ar
   Returns [B, N, output_size, output_size, C] in the features' dtype.
   """
   b, n = boxes.shape[:2]
-  y_idx, ky = _grid(boxes[..., 0], boxes[..., 2], boundaries[..., 0], output_size, sample_offset)
-  x_idx, kx = _grid(boxes[..., 1], boxes[..., 3], boundaries[..., 1], output_size, sample_offset)
+  y_idx, ky = grid_positions(boxes[..., 0], boxes[..., 2], boundaries[..., 0], output_size, sample_offset)
+  x_idx, kx = grid_positions(boxes[..., 1], boxes[..., 3], boundaries[..., 1], output_size, sample_offset)
   two_out = 2 * output_size
   y_idx, x_idx = y_idx.reshape(b, n, two_out), x_idx.reshape(b, n, two_out)
   rows = level_offsets[box_levels][..., None] + y_idx * level_widths[box_levels][..., None]
