@@ -6,9 +6,8 @@ Inspect:  python tools/summarize_model.py --config=configs/maskrcnn_spinenet49.p
 Expected: 40,753,521 trainable parameters (21,831,488 in the backbone), equal to the official
           TF graph (MODEL_ZOO: 40.8M; box AP 42.9 / mask AP 38.1 in the yaml's comment).
           CPU, seconds: the model is traced abstractly.
-Train:    python main.py --config=configs/maskrcnn_spinenet49.py --workdir=DIR \\
-              --config.data.tfds_data_dir=TFDS_DIR   (needs coco/2017 with masks; segm
-              evaluation and the training recipe are the next step)
+Train:    configs/maskrcnn_spinenet49_b.py (this recipe) and the other protocol configs, on COCO's
+          own folder and instances jsons (TFDS coco/2017 holds no masks); docs/training.md.
 The other Mask R-CNN configs override this file.
 """
 

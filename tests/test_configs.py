@@ -27,9 +27,49 @@ def test_config_loads_and_passes_checks(name):
     assert 'python' in doc and 'Expected' in doc, f'{name}: docstring lacks the command/result'
 
 
-def test_fifteen_protocol_configs():
+def test_fifteen_protocol_configs_per_detector():
   protocol = [n for n in CONFIGS if n.endswith(('_a', '_b', '_c'))]
-  assert len(protocol) == 15
+  assert len([n for n in protocol if n.startswith('spinenet')]) == 15
+  assert len([n for n in protocol if n.startswith('maskrcnn_spinenet')]) == 15
+
+
+@pytest.mark.parametrize('model', ['49s', '49', '96', '143', '190'])
+def test_maskrcnn_protocols(model):
+  """B of 49S-143 and C of 190 are the committed official yamls, i.e. the model configs
+  unchanged; no Mask R-CNN protocol clips; A and C follow RetinaNet's protocols."""
+  base = load(f'maskrcnn_spinenet{model}').to_dict()
+  official = f'maskrcnn_spinenet{model}_{"c" if model == "190" else "b"}'
+  assert load(official).to_dict() == base
+  for proto in 'abc':
+    c = load(f'maskrcnn_spinenet{model}_{proto}')
+    assert c.model.type == 'maskrcnn' and c.train.gradient_clip_norm == 0.0
+    assert c.model.norm.momentum == 0.99 and c.model.norm.epsilon == 1e-3
+    smoke = settings.finalize(_smoke(c))
+    assert smoke.data.source == 'synthetic' and smoke.train.total_steps == 6
+  a = load(f'maskrcnn_spinenet{model}_a')
+  assert (a.train.total_steps, tuple(a.train.learning_rate_steps)) == (115515, (101653, 110894))
+  assert (a.input.aug_scale_min, a.input.aug_scale_max) == (0.8, 1.2)
+  assert a.model.backbone.activation == 'relu' and a.model.backbone.dropblock_keep_prob == 0.9
+  b = load(f'maskrcnn_spinenet{model}_b')
+  assert (b.train.total_steps, tuple(b.train.learning_rate_steps)) == (162050, (148160, 157420))
+  assert b.model.backbone.activation == 'relu' and b.model.backbone.init_drop_connect_rate is None
+  assert (b.input.aug_scale_min, b.input.aug_scale_max) == (0.5, 2.0)
+  c = load(f'maskrcnn_spinenet{model}_c')
+  assert c.model.backbone.activation == 'swish'
+  if model == '190':
+    assert (c.train.total_steps, tuple(c.train.learning_rate_steps)) == (187600, (173530, 182910))
+    assert (c.input.aug_scale_min, c.input.aug_scale_max) == (0.1, 2.0)
+  else:
+    assert (c.train.total_steps, tuple(c.train.learning_rate_steps)) == (231500, (217610, 226870))
+    rate, scale = (0.16, (0.1, 1.9)) if model == '143' else (0.2, (0.5, 2.0))
+    assert c.model.backbone.init_drop_connect_rate == rate
+    assert (c.input.aug_scale_min, c.input.aug_scale_max) == scale
+
+
+def _smoke(config):
+  config = config.copy_and_resolve_references()
+  config.smoke = True
+  return config
 
 
 @pytest.mark.parametrize('model', ['49s', '49', '96'])

@@ -99,3 +99,30 @@ def test_mask_head_returns_each_rois_class_channel():
     all_c = head.apply(variables, crops, jnp.full_like(classes, c))
     np.testing.assert_array_equal(np.asarray(out)[np.asarray(classes) == c],
                                   np.asarray(all_c)[np.asarray(classes) == c])
+
+
+# MODEL_ZOO's Mask R-CNN "FLOPs" (B): multiply-adds per image at inference, the released models
+# (190: the one-conv RPN of its checkpoint).
+MODEL_ZOO_GMACS = {'49': 215.7, '96': 314.6, '143': 498.4, '190': 1685.7}
+
+
+@pytest.mark.parametrize('model_id', ['49', '96', '143', '190'])
+def test_multiply_adds_match_model_zoo(model_id):
+  """MODEL_ZOO counts the backbone and RPN, the Fast R-CNN head on 1000 proposals and the mask
+  head on 100 detections, the transposed conv by its real taps (not the zeros of its dilation)."""
+  import importlib
+
+  from spinenet_jax.detectors import base as detectors
+  config = importlib.import_module(f'configs.maskrcnn_spinenet{model_id}').get_config()
+  if model_id == '190':
+    config.model.rpn_head.num_convs = 1
+  result = detectors.build(config).summary(tuple(config.input.image_size))
+  assert result['gmacs'] == pytest.approx(MODEL_ZOO_GMACS[model_id], rel=0.005)
+  if model_id == '49':
+    # By hand, per RoI: 4 convs 3x3x256x256 at 7x7, FC 12544 -> 1024, class 91 and box 364.
+    box = 4 * 49 * 9 * 256 * 256 + 7 * 7 * 256 * 1024 + 1024 * (91 + 364)
+    # 4 convs 3x3x256x256 at 14x14; 2x2 transposed conv 256 -> 256 (each input pixel feeds 4
+    # outputs); 1x1 logits 256 -> 91 at 28x28.
+    mask = 4 * 196 * 9 * 256 * 256 + 196 * 4 * 256 * 256 + 784 * 256 * 91
+    assert result['box_head_gmacs'] == pytest.approx(1000 * box / 1e9, rel=1e-9)
+    assert result['mask_head_gmacs'] == pytest.approx(100 * mask / 1e9, rel=1e-9)

@@ -227,3 +227,34 @@ def test_a_drawing_that_fails_keeps_the_detections(tmp_path, monkeypatch):
   assert not skipped and result['not_drawn'] == {'a_strip.png': 'OSError: planted disk full'}
   _assert_whole_image_detected(images, detections, 'a_strip.png', 1200, 2)
   assert sorted(f for f in os.listdir(out) if f.endswith('.png')) == ['b_ordinary.png']
+
+
+class FakeMaskDetector(FakeDetector):
+  """FakeDetector plus 28 x 28 masks: slot 0's left half is 1, its right half 0."""
+
+  def __call__(self, variables, batch):
+    dets = super().__call__(variables, batch)
+    masks = np.zeros((len(batch['images']), 2, 28, 28), np.float32)
+    masks[:, 0, :, :14] = 1.0
+    return dict(dets, detection_masks=masks)
+
+
+def test_masks_are_pasted_into_the_json_as_rle_and_drawn(tmp_path):
+  from pycocotools import mask as mask_utils
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  pixels = np.full((90, 160, 3), 200, np.uint8)
+  Image.fromarray(pixels).save(folder / 'gray.png')
+  out = tmp_path / 'out'
+  predict_lib.predict_folder(_config(folder, out), str(tmp_path), FakeMaskDetector(), {})
+  [det] = _json(out / 'detections.json')
+  np.testing.assert_allclose(det['bbox'], [0, 0, 160, 90], rtol=1e-5)
+  mask = mask_utils.decode(det['segmentation'])
+  assert mask.shape == (90, 160) and det['segmentation']['size'] == [90, 160]
+  # The box is the whole image: the left half of the mask covers the left half of the image (but
+  # the first column: the official paste's zero border, expanded by 30 / 28, reaches into it).
+  assert mask[2:-2, 2:78].all() and not mask[:, 82:].any() and not mask[:, 0].any()
+  drawn = np.asarray(Image.open(out / 'gray.png').convert('RGB')).astype(int)
+  color = np.array(predict_lib.class_color(1))
+  np.testing.assert_allclose(drawn[45, 40], np.round(0.55 * 200 + 0.45 * color), atol=1)
+  assert (drawn[45, 120] == 200).all()              # outside the mask and the box outline

@@ -13,11 +13,14 @@ Parameter names are the JAX variable paths joined with '.' (kernel and scale -> 
 var -> running_mean and running_var). `build_model(config)` takes the "model" dict of model.json.
 'fixed' conv padding pads stride-2 convs by (k-1)//2 before and the rest after at any input size
 (official TPU code); 'same' is TF SAME. Drop-connect and DropBlock act only in training: not built.
+Mask R-CNN exports need tools/pytorch_maskrcnn.py next to this file (`build_model` and `load`
+import it for them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 from typing import Any
@@ -122,7 +125,8 @@ def parse_config(config: dict) -> tuple[BackboneSettings, HeadSettings | None, i
   config = config.get('model', config)
   kind = config.get('type')
   if kind not in ('spinenet', 'retinanet'):
-    raise ValueError(f'model type must be "spinenet" or "retinanet", got {kind!r}')
+    raise ValueError(f'model type must be "spinenet" or "retinanet" ("maskrcnn": '
+                     f'pytorch_maskrcnn.parse_config), got {kind!r}')
   backbone = backbone_settings(config['backbone'])
   if kind == 'spinenet':
     return backbone, None, 0
@@ -472,8 +476,23 @@ class RetinaNet(nn.Module):
 # Building and loading.
 
 
-def build_model(config: dict) -> SpineNet | RetinaNet:
-  """The (untrained) module of a model.json dict; its `config` attribute keeps the dict."""
+def _maskrcnn_module():
+  """pytorch_maskrcnn.py, the sibling of this file (in the same package, or on sys.path)."""
+  name = f'{__package__}.pytorch_maskrcnn' if __package__ else 'pytorch_maskrcnn'
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name != name:
+      raise
+    raise ValueError('a Mask R-CNN model needs pytorch_maskrcnn.py (tools/ of spinenet-jax) next '
+                     'to pytorch_spinenet.py') from None
+
+
+def build_model(config: dict) -> nn.Module:
+  """The (untrained) module of a model.json dict (SpineNet, RetinaNet or, through
+  pytorch_maskrcnn.py, MaskRCNN); its `config` attribute keeps the dict."""
+  if config.get('model', config).get('type') == 'maskrcnn':
+    return _maskrcnn_module().build_maskrcnn(config)
   backbone, head, anchors_per_location = parse_config(config)
   model = SpineNet(backbone) if head is None else RetinaNet(backbone, head, anchors_per_location)
   model.config = config.get('model', config)
@@ -495,7 +514,7 @@ def read_metadata(path: str) -> dict[str, Any]:
           'info': json.loads(meta.get('info', '{}'))}
 
 
-def load(path: str, device: str | torch.device = 'cpu') -> SpineNet | RetinaNet:
+def load(path: str, device: str | torch.device = 'cpu') -> nn.Module:
   """Rebuilds the exported model of `path` with its weights, in eval mode."""
   from safetensors.torch import load_file
   config = read_metadata(path)['config']

@@ -49,6 +49,13 @@ def main(argv):
           ('batch-norm statistics', f'{result["batch_norm_statistics"]:,}'),
           ('backbone multiply-adds (G)', f'{result["backbone_gmacs"]:.2f}'),
           ('forward multiply-adds (G)', f'{result["gmacs"]:.2f}')]
+  if 'box_head_gmacs' in result:      # Mask R-CNN: what the total holds
+    rows[-1:-1] = [
+        ('backbone + RPN multiply-adds (G)', f'{result["backbone_rpn_gmacs"]:.2f}'),
+        (f'Fast R-CNN head on {result["test_proposals"]} proposals (G)',
+         f'{result["box_head_gmacs"]:.2f}'),
+        (f'mask head on {result["test_detections"]} detections (G)',
+         f'{result["mask_head_gmacs"]:.2f}')]
   width = max(len(k) for k, _ in rows)
   for k, v in rows:
     print(f'{k:<{width}}  {v}')

@@ -29,7 +29,10 @@ def _conv_macs(eqn) -> int:
   in_per_group = rhs.shape[rhs_spec[1]]
   taps = math.prod(rhs.shape[d] for d in rhs_spec[2:])
   del lhs
-  return math.prod(out.shape) * taps * in_per_group
+  # A transposed conv is a conv over the input dilated with zeros: only 1 / prod(dilation) of the
+  # taps meet an input value (exactly so when the stride equals the kernel, as the mask head's).
+  dilation = math.prod(eqn.params.get('lhs_dilation') or (1,))
+  return math.prod(out.shape) * taps * in_per_group // dilation
 
 
 def _dot_macs(eqn) -> int:

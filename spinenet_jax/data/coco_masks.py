@@ -131,6 +131,30 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
   return {'counts': counts, 'size': [int(mask.shape[0]), int(mask.shape[1])]}
 
 
+def encode_placed(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+  """`encode` of the [height, width] mask that is 0 except for `crop` [h, w] at (top, left), from
+  the crop alone: a full-image mask per detection (100 per image at evaluation) would cost more
+  than the rest of the evaluation. Exact: the same RLE as `encode` of the full mask."""
+  crop = np.asarray(crop, np.int8)
+  h, w = crop.shape
+  # Run starts (+1) and ends (-1) down each crop column, as indices of the column-major image.
+  edges = np.diff(np.pad(crop, ((1, 1), (0, 0))), axis=0).T          # [w, h + 1]
+  cols, rows = np.nonzero(edges)
+  at = (left + cols) * height + top + rows
+  starts, ends = at[edges[cols, rows] > 0], at[edges[cols, rows] < 0]
+  if len(starts):          # a run down to the bottom row continues at the top of the next column
+    joined = starts[1:] == ends[:-1]
+    starts = np.concatenate([starts[:1], starts[1:][~joined]])
+    ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
+  bounds = np.stack([starts, ends], axis=1).reshape(-1)
+  counts = np.diff(np.concatenate([[0], bounds, [height * width]])).tolist()
+  if len(counts) > 1 and counts[-1] == 0:     # ones up to the last pixel: no final zero run
+    counts.pop()
+  height, width = int(height), int(width)
+  rle = mask_utils.frPyObjects({'size': [height, width], 'counts': counts}, height, width)
+  return {'size': [height, width], 'counts': rle['counts'].decode('ascii')}
+
+
 def tight_bbox(mask: np.ndarray) -> list[float]:
   """COCO [x, y, width, height] of the pixels of a non-empty mask (`mask.toBbox`)."""
   return [float(v) for v in mask_utils.toBbox(_encode(mask))]

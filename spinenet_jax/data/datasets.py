@@ -80,6 +80,11 @@ def load_split(config, which: str, workdir: str, num_classes: int | None = None,
   if d.source == 'coco2017':
     if not d.tfds_data_dir:
       raise ValueError("config.data.tfds_data_dir must name the TFDS data_dir holding coco/2017.")
+    if include_masks and which == 'train':
+      raise ValueError(
+          "TFDS coco/2017 holds no instance masks, which Mask R-CNN trains on: use "
+          "config.data.source='coco_folder' with COCO's own train2017/ and "
+          "annotations/instances_train2017.json (see docs/training.md).")
     ds = sources.load_coco2017(split, d.tfds_data_dir)
   elif d.source == 'coco_folder':
     ds, annotations, dataset_json = _coco_folder(config, which, split, workdir, num_classes,

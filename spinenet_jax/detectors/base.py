@@ -9,7 +9,7 @@ evaluation and the tools know none:
   loss(variables, batch, rngs)          -> (named loss terms, metrics, new batch_stats)
   detect(variables, batch)              -> detections (boxes, scores, classes [, masks])
   parser_options                        -> what the input parser must add (e.g. masks)
-  eval_types                            -> evaluators that apply ('bbox', later 'segm')
+  eval_types                            -> evaluators that apply ('bbox'; Mask R-CNN also 'segm')
   checkpoint_names(fmt, params)         -> official checkpoint names of the non-backbone part
   summary(image_size)                   -> parameters and multiply-adds
 

@@ -1,4 +1,5 @@
-"""COCO box evaluation as the official `COCOEvaluator` (box type), on top of pycocotools.
+"""COCO box and mask evaluation as the official `COCOEvaluator` (types box and mask), on top of
+pycocotools.
 
 Detections arrive as the detection generator makes them, in output-canvas pixels; they are divided
 by the per-axis scale `image_info[:, 2]` back to original-image pixels (no offset: it is 0 at
@@ -22,26 +23,30 @@ Differences left with the json: TFDS coco/2017 stores areas as int64 (the json's
 so an object whose json area lies in (1024, 1025) or (9216, 9217) px falls on a range boundary;
 and the rows are those the eval parser keeps (boxes non-empty after the clip to the canvas, at
 most `max_num_instances`), where official drops none but also truncates.
+
+Mask evaluation ('segm') needs the dataset's json (the masks of the ground truth). Each detection's
+mask (`detection_masks` [B, M, mh, mw] probabilities in the frame of its box) is pasted into the
+original image as the official `paste_instance_masks` does (`mask_pasting`), every slot, and
+RLE-encoded; pycocotools takes each detection's area and box from its mask, as the official
+`COCOWrapper.loadRes` does for masks. Where a file is a uniform rescale of the json's size, boxes
+and masks are mapped to the json's pixels, where its segmentations are.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
 from spinenet_jax.data import coco_json
+from spinenet_jax.evaluation import coco_backends, mask_pasting
 
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
                 'ARmax1', 'ARmax10', 'ARmax100', 'ARs', 'ARm', 'ARl')
 DUMMY_SOURCE_ID = -1
+IOU_TYPES = ('bbox', 'segm')
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -50,14 +55,44 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
                    boxes[..., 2] - boxes[..., 0]], axis=-1)
 
 
-class CocoEvaluator:
-  """Accumulates detections batch by batch; `evaluate()` returns the 12 standard box metrics."""
+def in_json_pixels(groundtruth: dict) -> dict:
+  """A normalized dataset with its images' sizes, boxes and areas in the json's own pixels, where
+  its segmentations are (they differ where a file is a uniform rescale of the json's size)."""
+  images, scales = [], {}
+  for image in groundtruth['images']:
+    sy, sx = image.get('scale', (1.0, 1.0))
+    height, width = image.get('json_size') or (None, None)
+    if (sy, sx) != (1.0, 1.0) and height and width:
+      scales[image['id']] = (sy, sx)
+      image = dict(image, height=height, width=width, scale=(1.0, 1.0))
+    images.append(image)
+  if not scales:
+    return groundtruth
+  annotations = []
+  for ann in groundtruth['annotations']:
+    if ann['image_id'] in scales:
+      sy, sx = scales[ann['image_id']]
+      x, y, w, h = ann['bbox']
+      ann = dict(ann, bbox=[x / sx, y / sy, w / sx, h / sy], area=ann['area'] / (sx * sy))
+    annotations.append(ann)
+  return dict(groundtruth, images=images, annotations=annotations)
 
-  def __init__(self, groundtruth: dict | str | None = None, drop_padded: bool = False):
+
+class CocoEvaluator:
+  """Accumulates detections batch by batch; `evaluate()` returns the 12 standard COCO metrics of
+  boxes (`iou_type='bbox'`) or masks (`'segm'`)."""
+
+  def __init__(self, groundtruth: dict | str | None = None, drop_padded: bool = False,
+               iou_type: str = 'bbox', backend: str = 'pycocotools'):
     """`groundtruth`: a normalized dataset (`coco_json.normalize`), the path of an instances json
     (normalized here: missing `iscrowd` / `area` defaulted, problems raised as
-    coco_json.DatasetError before any inference is spent), or None to build it from the batches.
+    coco_json.DatasetError before any inference is spent), or None to build it from the batches
+    (boxes only: 'segm' raises ValueError). `backend`: the COCO scoring library
+    (`coco_backends.BACKENDS`; ValueError, naming the pip command, when it is not installed).
     """
+    if iou_type not in IOU_TYPES:
+      raise ValueError(f'iou_type must be one of {IOU_TYPES}, got {iou_type!r}.')
+    coco_backends.check_backend(backend)
     if isinstance(groundtruth, (str, os.PathLike)):
       self.annotation_file = os.fspath(groundtruth)
       groundtruth, report = coco_json.normalize(self.annotation_file)
@@ -65,8 +100,19 @@ class CocoEvaluator:
     else:
       self.annotation_file = None if groundtruth is None else groundtruth.get(
           'json_path', '(the given ground truth)')
+    if iou_type == 'segm':
+      if groundtruth is None:
+        raise ValueError(
+            'Mask evaluation needs the ground-truth masks of an instances json: set '
+            'config.eval.annotation_file (for TFDS coco/2017, COCO\'s instances_val2017.json), '
+            'or evaluate a COCO folder or the synthetic dataset, whose jsons have them.')
+      self._scales = {i['id']: i.get('scale', (1.0, 1.0)) for i in groundtruth['images']}
+      groundtruth = in_json_pixels(groundtruth)
+      self._images = {i['id']: i for i in groundtruth['images']}
     self.groundtruth = groundtruth
     self.drop_padded = drop_padded
+    self.iou_type = iou_type
+    self.backend = backend
     self.reset()
 
   def reset(self) -> None:
@@ -78,7 +124,8 @@ class CocoEvaluator:
   def update(self, detections: dict, image_info: np.ndarray, source_id: np.ndarray,
              groundtruth: dict | None = None) -> None:
     """One batch. `detections`: detection_boxes [B, M, 4] (canvas pixels), detection_scores
-    [B, M], detection_classes [B, M]; `image_info` [B, 4, 2]; `source_id` [B] (-1: padding).
+    [B, M], detection_classes [B, M], and for 'segm' detection_masks [B, M, mh, mw] (mask
+    probabilities in each box's frame); `image_info` [B, 4, 2]; `source_id` [B] (-1: padding).
     `groundtruth` (needed without an annotation file, ignored with one): gt_boxes [B, G, 4]
     canvas pixels, gt_classes [B, G] (-1 padding), optional gt_is_crowd [B, G] (default 0),
     gt_areas [B, G] and gt_original_boxes [B, G, 4] in original-image pixels (see the module
@@ -93,6 +140,10 @@ class CocoEvaluator:
       if image_id == DUMMY_SOURCE_ID:
         continue
       self.image_ids.append(int(image_id))
+      if self.iou_type == 'segm':
+        self._add_masks(int(image_id), boxes[i], scores[i], classes[i],
+                        np.asarray(detections['detection_masks'][i]))
+        continue
       for box, score, cls in zip(boxes[i], scores[i], classes[i]):
         if self.drop_padded and score <= -1.0:
           continue
@@ -100,6 +151,23 @@ class CocoEvaluator:
                                 'bbox': [float(v) for v in box], 'score': float(score)})
       if groundtruth is not None and self.groundtruth is None:
         self._add_groundtruth(int(image_id), image_info[i], groundtruth, i, scale[i])
+
+  def _add_masks(self, image_id: int, boxes: np.ndarray, scores: np.ndarray,
+                 classes: np.ndarray, masks: np.ndarray) -> None:
+    """One image's detections with their masks pasted and RLE-encoded, in the json's pixels."""
+    image = self._images.get(image_id)
+    if image is None:
+      raise coco_json.DatasetError(f'Evaluated image id {image_id} is not in the ground truth '
+                                   f'{self.annotation_file}.')
+    sy, sx = self._scales[image_id]
+    keep = np.ones(len(scores), bool) if not self.drop_padded else scores > -1.0
+    boxes = boxes[keep] / np.array([sx, sy, sx, sy])
+    rles = mask_pasting.paste_and_encode(masks[keep], boxes, int(image['height']),
+                                         int(image['width']))
+    for box, score, cls, rle in zip(boxes, scores[keep], classes[keep], rles):
+      self.detections.append({'image_id': image_id, 'category_id': int(cls),
+                              'bbox': [float(v) for v in box], 'score': float(score),
+                              'segmentation': rle})
 
   def _add_groundtruth(self, image_id: int, info: np.ndarray, gt: dict, i: int,
                        scale: np.ndarray) -> None:
@@ -121,57 +189,49 @@ class CocoEvaluator:
           'id': len(self._gt_annotations) + 1, 'image_id': image_id, 'category_id': int(cls),
           'bbox': [float(v) for v in box], 'area': float(area), 'iscrowd': int(is_crowd)})
 
-  def _groundtruth(self) -> COCO:
+  def _groundtruth(self) -> dict:
+    """The ground-truth dataset: the json's, or the one built from the batches."""
     if self.groundtruth is not None:
-      coco = COCO()
-      coco.dataset = self.groundtruth
-      with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-      return coco
+      return self.groundtruth
     if not self._gt_images:
       raise ValueError('No annotation file and no ground truth given to CocoEvaluator.update().')
     categories = sorted({a['category_id'] for a in self._gt_annotations} |
                         {d['category_id'] for d in self.detections})
-    coco = COCO()
-    coco.dataset = {'images': self._gt_images, 'annotations': self._gt_annotations,
-                    'categories': [{'id': c} for c in categories]}
-    with contextlib.redirect_stdout(io.StringIO()):
-      coco.createIndex()
-    return coco
+    return {'images': self._gt_images, 'annotations': self._gt_annotations,
+            'categories': [{'id': c} for c in categories]}
 
   def evaluate(self) -> dict[str, float]:
-    """The 12 COCO box metrics over the images seen since `reset()`."""
-    coco_gt = self._groundtruth()
-    unknown = sorted(set(self.image_ids) - set(coco_gt.getImgIds()))
+    """The 12 COCO metrics of `iou_type` over the images seen since `reset()`."""
+    groundtruth = self._groundtruth()
+    image_ids = sorted(set(self.image_ids))
+    unknown = sorted(set(image_ids) - {i['id'] for i in groundtruth['images']})
     if unknown:
       raise coco_json.DatasetError(f'{len(unknown)} evaluated image ids are not in the ground truth '
                        f'{self.annotation_file or "(from the batches)"}: {unknown[:10]}')
     if not self.detections:
-      log.warning('No detections to evaluate; all metrics are 0.')
-      return {name: 0.0 for name in METRIC_NAMES}
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-      coco_dt = coco_gt.loadRes([dict(d) for d in self.detections])  # loadRes edits them
-      evaluator = COCOeval(coco_gt, coco_dt, iouType='bbox')
-      evaluator.params.imgIds = sorted(set(self.image_ids))
-      evaluator.evaluate()
-      evaluator.accumulate()
-      evaluator.summarize()
-    log.info('COCO box evaluation over %d images:\n%s', len(set(self.image_ids)),
-             output.getvalue())
-    return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+      log.warning('No detections to evaluate.')
+    # Masks: each detection's area and box come from its mask (as the official COCOWrapper's
+    # loadRes) only when the detection has no 'bbox'.
+    drop = ('bbox',) if self.iou_type == 'segm' else ()
+    detections = [{k: v for k, v in d.items() if k not in drop} for d in self.detections]
+    stats, summary = coco_backends.score(groundtruth, detections, self.iou_type, image_ids,
+                                         self.backend)
+    log.info('COCO %s evaluation over %d images (%s):\n%s', self.iou_type, len(image_ids),
+             self.backend, summary)
+    return {name: float(v) for name, v in zip(METRIC_NAMES, stats)}
 
   def results(self) -> list[dict]:
     """The detections in COCO results format, in the json's own image ids (strings included) and
-    pixels (a file that is a rescale of the json's size: boxes scaled back)."""
+    pixels (a file that is a rescale of the json's size: boxes scaled back; masks are pasted in
+    the json's pixels)."""
     if self.groundtruth is None:
       return self.detections
     images = {i['id']: i for i in self.groundtruth['images']}
     out = []
     for d in self.detections:
       image = images.get(d['image_id'], {})
-      sy, sx = image.get('scale', (1.0, 1.0))
-      x, y, w, h = d['bbox']          # back to the json's pixels where the file is a rescale
+      sy, sx = image.get('scale', (1.0, 1.0))   # (1, 1) for masks: in the json's pixels
+      x, y, w, h = d['bbox']
       out.append(dict(d, image_id=image.get('original_id', d['image_id']),
                       bbox=[x / sx, y / sy, w / sx, h / sy]))
     return out

@@ -1,4 +1,4 @@
-"""The evaluator interface and the evaluators by evaluation type ('bbox' now; 'segm' next).
+"""The evaluator interface and the evaluators by evaluation type ('bbox', 'segm').
 
 An evaluator is fed batches of detections with the batch they came from and scores them at the
 end; which evaluators run is what the detector supports (`Detector.eval_types`):
@@ -50,11 +50,16 @@ class Evaluator(abc.ABC):
     return []
 
 
-class CocoBoxEvaluator(Evaluator):
-  """The 12 COCO box metrics (`coco_eval.CocoEvaluator`, the official COCOEvaluator 'box')."""
+class CocoEvaluator(Evaluator):
+  """The 12 COCO metrics of one evaluation type (`coco_eval.CocoEvaluator`, the official
+  COCOEvaluator: 'bbox' for box, 'segm' for mask)."""
 
-  def __init__(self, groundtruth: dict | str | None, drop_padded: bool = False):
-    self._coco = coco_eval.CocoEvaluator(groundtruth, drop_padded=drop_padded)
+  iou_type = 'bbox'
+
+  def __init__(self, groundtruth: dict | str | None, drop_padded: bool = False,
+               backend: str = 'pycocotools'):
+    self._coco = coco_eval.CocoEvaluator(groundtruth, drop_padded=drop_padded,
+                                         iou_type=self.iou_type, backend=backend)
 
   def reset(self) -> None:
     self._coco.reset()
@@ -74,14 +79,25 @@ class CocoBoxEvaluator(Evaluator):
     return self._coco.results()
 
 
-EVALUATORS: dict[str, Any] = {'bbox': CocoBoxEvaluator}
+class CocoBoxEvaluator(CocoEvaluator):
+  """The 12 COCO box metrics."""
+  iou_type = 'bbox'
 
 
-def build(eval_type: str, groundtruth: dict | str | None, drop_padded: bool = False
-          ) -> Evaluator:
-  """The evaluator of `eval_type` ('bbox'). `groundtruth`: a normalized dataset
-  (`coco_json.normalize`), an instances json path, or None (from the batches' gt_* keys)."""
+class CocoMaskEvaluator(CocoEvaluator):
+  """The 12 COCO mask metrics; the detections carry `detection_masks` [B, M, mh, mw]."""
+  iou_type = 'segm'
+
+
+EVALUATORS: dict[str, Any] = {'bbox': CocoBoxEvaluator, 'segm': CocoMaskEvaluator}
+
+
+def build(eval_type: str, groundtruth: dict | str | None, drop_padded: bool = False,
+          backend: str = 'pycocotools') -> Evaluator:
+  """The evaluator of `eval_type` ('bbox', 'segm'). `groundtruth`: a normalized dataset
+  (`coco_json.normalize`), an instances json path, or None (from the batches' gt_* keys);
+  `backend`: the COCO scoring library (`coco_backends.BACKENDS`, `config.eval.coco_backend`)."""
   if eval_type not in EVALUATORS:
     raise ValueError(f'no evaluator for evaluation type {eval_type!r}; known: '
                      f'{sorted(EVALUATORS)}.')
-  return EVALUATORS[eval_type](groundtruth, drop_padded=drop_padded)
+  return EVALUATORS[eval_type](groundtruth, drop_padded=drop_padded, backend=backend)

@@ -2,22 +2,30 @@
 (`utils/mask_utils.paste_instance_masks`, after Detectron): each 28 x 28 mask is zero-padded by one
 pixel, its box expanded by the same factor ((28 + 2) / 28), the padded mask resized to the
 expanded box's integer size with OpenCV's bilinear `cv2.resize` (`resize_linear`, written out
-here: the stack has no OpenCV), thresholded at > 0.5 and placed in the image, clipped to it.
+here bit for bit: the stack has no OpenCV), thresholded at > 0.5 and placed in the image, clipped
+to it. `paste_and_encode` gives the COCO RLEs of the pasted masks from their crops.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from spinenet_jax.data import coco_masks
 
-def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(source index [out], weight of the next index [out]) of cv2's INTER_LINEAR along one axis:
-  src = (dst + 0.5) in / out - 0.5 (computed in double, kept as float), clamped with weight 0
-  before the first and from the last source pixel on (the border repeats)."""
+
+def _source_positions(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(floor index [out], fraction [out]) of cv2's INTER_LINEAR sample positions along one axis:
+  src = (dst + 0.5) in / out - 0.5, computed in double and rounded to float, as OpenCV does."""
   scale = in_size / out_size
   src = ((np.arange(out_size) + 0.5) * scale - 0.5).astype(np.float32)
   index = np.floor(src).astype(np.int64)
-  frac = (src - index).astype(np.float32)
+  return index, (src - index).astype(np.float32)
+
+
+def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The horizontal pass: OpenCV clamps the position, weight 0 before the first and from the
+  last source pixel on (the border repeats)."""
+  index, frac = _source_positions(in_size, out_size)
   low = index < 0
   high = index >= in_size - 1
   index[low], frac[low] = 0, 0.0
@@ -27,16 +35,23 @@ def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
   """float32 [height, width] bilinear resize of float32 [h, w], as `cv2.resize(image, (width,
-  height))` (INTER_LINEAR): rows are interpolated first, then columns, in float32."""
+  height))` (INTER_LINEAR) computes it in OpenCV's own code, bit for bit: rows first, then columns,
+  in float32. The vertical pass clamps the two source rows but not their weights (at the top and
+  bottom edges it sums the same row with weights 1 - f and f, which rounds differently from 1).
+
+  OpenCV builds with Intel IPP (the opencv-python wheels) take IPP's resize for images of two or
+  more rows, whose float32 weights give values up to about 2e-6 apart (in [0, 1]); a pasted mask
+  can differ from this only at a pixel whose value lies within about 2e-6 of the 0.5 threshold.
+  """
   image = np.asarray(image, np.float32)
   h, w = image.shape
   if (h, w) == (height, width):
     return image.copy()
   xi, xf = _axis_weights(w, width)
-  yi, yf = _axis_weights(h, height)
-  nxt = lambda i, n: np.minimum(i + 1, n - 1)  # noqa: E731
-  rows = image[:, xi] * (np.float32(1) - xf) + image[:, nxt(xi, w)] * xf        # [h, width]
-  return rows[yi] * (np.float32(1) - yf)[:, None] + rows[nxt(yi, h)] * yf[:, None]
+  yi, yf = _source_positions(h, height)
+  rows = image[:, xi] * (np.float32(1) - xf) + image[:, np.minimum(xi + 1, w - 1)] * xf
+  top, bottom = rows[np.clip(yi, 0, h - 1)], rows[np.clip(yi + 1, 0, h - 1)]
+  return top * (np.float32(1) - yf)[:, None] + bottom * yf[:, None]
 
 
 def expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
@@ -47,22 +62,44 @@ def expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
   return np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1)
 
 
+def _pasted(padded: np.ndarray, box: np.ndarray, image_height: int, image_width: int
+            ) -> tuple[np.ndarray, int, int]:
+  """(uint8 crop, top, left): the thresholded mask of one padded mask in its expanded integer box
+  [x0, y0, x1, y1], clipped to the image; the rest of the image is 0."""
+  x0, y0, x1, y1 = (int(v) for v in box)
+  w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+  pasted = (resize_linear(padded, w, h) > 0.5).astype(np.uint8)
+  xa, xb = min(max(x0, 0), image_width), min(max(x1 + 1, 0), image_width)
+  ya, yb = min(max(y0, 0), image_height), min(max(y1 + 1, 0), image_height)
+  return pasted[ya - y0:yb - y0, xa - x0:xb - x0], ya, xa
+
+
+def _padded_and_boxes(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """([N, mh + 2, mw + 2] masks zero-padded by one pixel, [N, 4] int32 expanded boxes)."""
+  masks = np.asarray(masks, np.float32)
+  _, mask_height, mask_width = masks.shape
+  scale = max((mask_width + 2.0) / mask_width, (mask_height + 2.0) / mask_height)
+  padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
+  return padded, expand_boxes(np.asarray(boxes, np.float64), scale).astype(np.int32)
+
+
 def paste_instance_masks(masks: np.ndarray, boxes: np.ndarray, image_height: int,
                          image_width: int) -> np.ndarray:
   """uint8 {0, 1} [N, image_height, image_width] of [N, mh, mw] mask probabilities in the frames
   of [N, 4] boxes [x, y, w, h] (original-image pixels, COCO format)."""
-  masks = np.asarray(masks, np.float32)
-  n, mask_height, mask_width = masks.shape
-  scale = max((mask_width + 2.0) / mask_width, (mask_height + 2.0) / mask_height)
-  ref_boxes = expand_boxes(np.asarray(boxes, np.float64), scale).astype(np.int32)
-  padded = np.zeros((mask_height + 2, mask_width + 2), np.float32)
-  out = np.zeros((n, image_height, image_width), np.uint8)
-  for i in range(n):
-    padded[1:-1, 1:-1] = masks[i]
-    x0, y0, x1, y1 = (int(v) for v in ref_boxes[i])
-    w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-    pasted = (resize_linear(padded, w, h) > 0.5).astype(np.uint8)
-    xa, xb = min(max(x0, 0), image_width), min(max(x1 + 1, 0), image_width)
-    ya, yb = min(max(y0, 0), image_height), min(max(y1 + 1, 0), image_height)
-    out[i, ya:yb, xa:xb] = pasted[ya - y0:yb - y0, xa - x0:xb - x0]
+  padded, ref_boxes = _padded_and_boxes(masks, boxes)
+  out = np.zeros((len(padded), image_height, image_width), np.uint8)
+  for i in range(len(padded)):
+    crop, top, left = _pasted(padded[i], ref_boxes[i], image_height, image_width)
+    out[i, top:top + crop.shape[0], left:left + crop.shape[1]] = crop
   return out
+
+
+def paste_and_encode(masks: np.ndarray, boxes: np.ndarray, image_height: int,
+                     image_width: int) -> list[dict]:
+  """The COCO compressed RLEs ({'size': [H, W], 'counts': str}) of `paste_instance_masks`, one per
+  mask, built from each pasted crop without materializing the full image mask (the same RLE as
+  `pycocotools.mask.encode` of it)."""
+  padded, ref_boxes = _padded_and_boxes(masks, boxes)
+  return [coco_masks.encode_placed(*_pasted(padded[i], ref_boxes[i], image_height, image_width),
+                                   image_height, image_width) for i in range(len(padded))]

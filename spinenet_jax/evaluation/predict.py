@@ -6,6 +6,8 @@
 Images are read in display orientation (their EXIF orientation applied, as a photo viewer shows
 them), prepared as the evaluation parser does (normalize, resize the long side to the input size,
 at least 1 pixel per side, zero pad), and the boxes are scaled back to original (display) pixels.
+A detector with masks (Mask R-CNN) also gets each detection's mask pasted into the image as the
+official evaluation pastes it (`mask_pasting`): RLE in the json, filled and translucent in the PNG.
 
 One image never costs the others their results: an image over `config.predict.max_image_pixels`
 (read from the header, before decoding; default PIL's decompression-bomb limit, 0 or None: no
@@ -27,6 +29,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageOps
 
 from spinenet_jax.data import datasets, preprocess
+from spinenet_jax.evaluation import mask_pasting
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -114,8 +117,10 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
   `predict` is a detect function at the config's input size: batch {'images' [B, H, W, 3] float32
   (padded size), 'image_info' [B, 4, 2]} (B = config.eval.batch_size) -> {'detection_boxes'
   [B, M, 4] ymin, xmin, ymax, xmax in canvas pixels, 'detection_scores' [B, M] (padding <= -1),
-  'detection_classes' [B, M]}. Writes to `config.predict.output_dir` (default <workdir>/predictions):
-  `detections.json` (COCO results, boxes in original display pixels), `images.json` (id,
+  'detection_classes' [B, M], optional 'detection_masks' [B, M, mh, mw] probabilities in each
+  box's frame}. Writes to `config.predict.output_dir` (default <workdir>/predictions):
+  `detections.json` (COCO results, boxes in original display pixels; with masks, a 'segmentation'
+  compressed RLE {'size': [H, W], 'counts': str} per detection), `images.json` (id,
   file_name, height, width of each predicted image), one PNG per predicted image with the
   detections over `config.predict.draw_score_threshold` drawn, and `skipped.json` ({file name:
   reason} of the images skipped: over `config.predict.max_image_pixels`, unreadable, truncated or
@@ -152,20 +157,13 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
       image_id = len(images) + 1
       images.append({'id': image_id, 'file_name': name, 'height': int(pixels.shape[0]),
                      'width': int(pixels.shape[1])})
-      # image_scale is scaled / original size per axis (>= 1 scaled pixel: a thin strip too).
-      boxes = dets['detection_boxes'][i] / np.tile(image_info[2], 2)
-      kept = []
-      for box, score, cls in zip(boxes, dets['detection_scores'][i], dets['detection_classes'][i]):
-        if score <= -1.0:
-          continue
-        y0, x0, y1, x1 = (float(v) for v in box)
-        results.append({'image_id': image_id, 'category_id': int(cls),
-                        'bbox': [x0, y0, x1 - x0, y1 - y0], 'score': float(score)})
-        if score >= config.predict.draw_score_threshold:
-          kept.append((box, float(score), int(cls)))
+      image_results, drawn = _image_detections(
+          {k: v[i] for k, v in dets.items()}, image_info, pixels.shape[:2],
+          config.predict.draw_score_threshold)
+      results.extend(dict(r, image_id=image_id) for r in image_results)
       try:
         with _pil_pixel_limit_off():   # the image is allowed: its drawing is too
-          draw_detections(pixels, kept, names).save(
+          draw_detections(pixels, *drawn, names).save(
               os.path.join(out_dir, os.path.splitext(name)[0] + '.png'))
       except Exception as e:  # noqa: BLE001 -- a drawing never costs the json its results
         log.warning('No PNG for %s: %s: %s.', name, type(e).__name__, e)
@@ -183,13 +181,48 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
           'skipped_files': skipped, 'not_drawn': not_drawn, 'output_dir': out_dir}
 
 
-def draw_detections(pixels: np.ndarray, detections: list, names: dict[int, str]) -> Image.Image:
-  """The image with each (box [ymin, xmin, ymax, xmax], score, class) drawn and labelled."""
-  image = Image.fromarray(pixels).convert('RGB')
+def _image_detections(dets: dict, image_info: np.ndarray, size: tuple[int, int],
+                      draw_threshold: float) -> tuple[list[dict], tuple[list, np.ndarray | None]]:
+  """(COCO results of one image's detections without image_id, (the detections to draw as (box,
+  score, class), their pasted masks [K, H, W] or None)), in original (display) pixels."""
+  # image_scale is scaled / original size per axis (>= 1 scaled pixel: a thin strip too).
+  boxes = np.asarray(dets['detection_boxes'], np.float64) / np.tile(image_info[2], 2)
+  scores = np.asarray(dets['detection_scores'])
+  valid = scores > -1.0
+  boxes, scores, classes = boxes[valid], scores[valid], np.asarray(dets['detection_classes'])[valid]
+  xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
+                   boxes[:, 2] - boxes[:, 0]], axis=1)
+  results = [{'category_id': int(c), 'bbox': [float(v) for v in b], 'score': float(s)}
+             for b, s, c in zip(xywh, scores, classes)]
+  drawn = scores >= draw_threshold
+  masks = None
+  if 'detection_masks' in dets:
+    mask_probs = np.asarray(dets['detection_masks'])[valid]
+    for r, rle in zip(results, mask_pasting.paste_and_encode(mask_probs, xywh, *size)):
+      r['segmentation'] = rle
+    masks = mask_pasting.paste_instance_masks(mask_probs[drawn], xywh[drawn], *size)
+  return results, ([(b, float(s), int(c)) for b, s, c in zip(boxes[drawn], scores[drawn],
+                                                             classes[drawn])], masks)
+
+
+def class_color(cls: int) -> tuple[int, int, int]:
+  """The drawing colour of a class (the same in every image)."""
+  return tuple(int(c) for c in np.random.default_rng(cls).integers(64, 256, 3))
+
+
+def draw_detections(pixels: np.ndarray, detections: list, masks: np.ndarray | None,
+                    names: dict[int, str], mask_opacity: float = 0.45) -> Image.Image:
+  """The image with each (box [ymin, xmin, ymax, xmax], score, class) drawn and labelled, and each
+  detection's mask ([K, H, W] {0, 1}, or None) filled translucently in its class's colour."""
+  image = np.asarray(Image.fromarray(pixels).convert('RGB'), np.float32)
+  for (_, _, cls), mask in zip(detections, masks if masks is not None else []):
+    on = mask.astype(bool)
+    image[on] = (1 - mask_opacity) * image[on] + mask_opacity * np.float32(class_color(cls))
+  image = Image.fromarray(np.round(image).astype(np.uint8))
   draw = ImageDraw.Draw(image)
   for box, score, cls in detections:
     y0, x0, y1, x1 = (float(v) for v in box)
-    color = tuple(int(c) for c in np.random.default_rng(cls).integers(64, 256, 3))
+    color = class_color(cls)
     draw.rectangle([x0, y0, x1, y1], outline=color, width=2)
     label = f'{names.get(cls, cls)} {score:.2f}'
     draw.text((x0 + 2, max(0.0, y0 - 11)), label, fill=color)

@@ -1,0 +1,24 @@
+"""SpineNet-96 Mask R-CNN at 1024x1024, protocol B, the committed official yaml
+(spinenet96_mrcnn.yaml): scale jitter [0.5, 2.0], 350 epochs (162,050 steps), relu, no stochastic
+depth, no clipping, BN 0.99 / 1e-3.
+Command:  python main.py --config=configs/maskrcnn_spinenet96_b.py --workdir=DIR \
+              --config.data.source=coco_folder --config.data.folder_name=coco \
+              --config.data.train_images=COCO/train2017 \
+              --config.data.train_annotations=COCO/annotations/instances_train2017.json \
+              --config.data.eval_images=COCO/val2017 \
+              --config.data.eval_annotations=COCO/annotations/instances_val2017.json
+Smoke:    python main.py --config=configs/maskrcnn_spinenet96_b.py \
+              --config.smoke=True --workdir=/tmp/smoke
+Meant for: global batch 256 on a Cloud TPU v3-32 / v4-32 slice or 8+ GPUs (the official runs used
+TPUs; the slice is not recorded). Runtime: not measured by this project yet.
+Expected: COCO val2017: MODEL_ZOO box AP 46.8 / mask AP 41.2 (maskrcnn/spinenet-96.tar.gz); yaml
+          comment 47.18 / 41.53.
+          55,185,009 parameters (= the official graph).
+"""
+
+from configs import maskrcnn_spinenet96, protocols
+
+
+def get_config():
+  config = maskrcnn_spinenet96.get_config()
+  return protocols.maskrcnn_b(config)
