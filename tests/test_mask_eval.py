@@ -169,15 +169,19 @@ def test_mask_evaluator_equals_pycocotools_on_the_same_masks(val_json, backend):
     info = np.stack([[[images[i]['height'], images[i]['width']], [640, 640], s, [0, 0]]
                      for i, s in zip(chunk, scale)])
     boxes, scores, classes, masks = (np.stack(v) for v in zip(*(per_image[i] for i in chunk)))
-    # The canvas boxes the detector gives: [ymin, xmin, ymax, xmax] times the image scale.
-    canvas = np.stack([boxes[..., 1], boxes[..., 0], boxes[..., 1] + boxes[..., 3],
-                       boxes[..., 0] + boxes[..., 2]], axis=-1) * np.tile(scale, 2)[:, None]
+    # The canvas boxes the detector gives (float32): [ymin, xmin, ymax, xmax] times the scale.
+    canvas = (np.stack([boxes[..., 1], boxes[..., 0], boxes[..., 1] + boxes[..., 3],
+                        boxes[..., 0] + boxes[..., 2]], axis=-1) *
+              np.tile(scale, 2)[:, None]).astype(np.float32)
+    info = info.astype(np.float32)
     evaluator.process({'detection_boxes': canvas, 'detection_scores': scores,
                        'detection_classes': classes, 'detection_masks': masks},
                       {'image_info': info, 'source_id': np.array(chunk)})
     for b, image_id in enumerate(chunk):
-      y0, x0, y1, x1 = np.moveaxis(canvas[b] / np.tile(scale[b], 2), -1, 0)
+      # Official: float32 boxes divided by the float32 image scale, then yxyx -> xywh.
+      y0, x0, y1, x1 = np.moveaxis(canvas[b] / np.tile(info[b, 2], 2), -1, 0)
       xywh = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
+      assert xywh.dtype == np.float32
       pasted = official_paste_instance_masks(masks[b], xywh, images[image_id]['height'],
                                              images[image_id]['width'])
       for mask, score, cls in zip(pasted, scores[b], classes[b]):
@@ -238,3 +242,80 @@ def test_masks_of_a_rescaled_file_are_scored_in_the_jsons_pixels(val_json):
 def test_mask_evaluation_without_a_json_is_refused_before_inference():
   with pytest.raises(ValueError, match='config.eval.annotation_file'):
     evaluator_lib.build('segm', None)
+
+
+def _one_image_case(tmp_path, annotations_edit=None, image_edit=None):
+  """A 40 x 60 image with two square objects, its json, and detections equal to them."""
+  image = {'id': 1, 'file_name': 'a.png', 'height': 40, 'width': 60}
+  anns = [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [10, 10, 20, 20], 'area': 400,
+           'iscrowd': 0, 'segmentation': [[10, 10, 30, 10, 30, 30, 10, 30]]},
+          {'id': 2, 'image_id': 1, 'category_id': 1, 'bbox': [35, 5, 20, 30], 'area': 600,
+           'iscrowd': 0, 'segmentation': [[35, 5, 55, 5, 55, 35, 35, 35]]}]
+  if annotations_edit:
+    annotations_edit(anns)
+  if image_edit:
+    image_edit(image)
+  path = tmp_path / 'instances.json'
+  path.write_text(json.dumps({'images': [image], 'annotations': anns,
+                              'categories': [{'id': 1, 'name': 'square'}]}))
+  dets = {'detection_boxes': np.array([[[10, 10, 30, 30], [5, 35, 35, 55]]], np.float32),
+          'detection_scores': np.array([[0.9, 0.8]], np.float32),
+          'detection_classes': np.array([[1, 1]]),
+          'detection_masks': np.ones((1, 2, 28, 28), np.float32)}
+  info = np.array([[[40, 60], [64, 64], [1, 1], [0, 0]]], np.float32)
+  return str(path), dets, info
+
+
+def test_annotations_without_a_decodable_mask_are_left_out_and_named(tmp_path, caplog):
+  def break_second(anns):
+    del anns[1]['segmentation']
+  path, dets, info = _one_image_case(tmp_path, break_second)
+  evaluator = coco_eval.CocoEvaluator(path, iou_type='segm', backend='hotcoco')
+  assert 'id 2' in caplog.text and '1 annotations without a decodable segmentation' in caplog.text
+  evaluator.update(dets, info, np.array([1]))
+  metrics = evaluator.evaluate()
+  # Scored against the first object only (the second detection is a false positive), by either
+  # library alike: hotcoco would otherwise have scored the missing mask as its box.
+  pyco = coco_eval.CocoEvaluator(path, iou_type='segm', backend='pycocotools')
+  pyco.update(dets, info, np.array([1]))
+  assert metrics == pyco.evaluate() and 0 < metrics['AP50'] < 1
+
+
+def test_a_json_without_image_sizes_pastes_at_the_decoded_images_size(tmp_path):
+  def no_size(image):
+    del image['height'], image['width']
+  path, dets, info = _one_image_case(tmp_path, image_edit=no_size)
+  evaluator = coco_eval.CocoEvaluator(path, iou_type='segm', drop_padded=True)
+  evaluator.update(dets, info, np.array([1]))
+  assert evaluator.detections[0]['segmentation']['size'] == [40, 60]
+  assert evaluator.evaluate()['AP50'] == pytest.approx(1.0)
+
+
+def test_mask_evaluation_names_missing_detection_masks(tmp_path):
+  path, dets, info = _one_image_case(tmp_path)
+  del dets['detection_masks']
+  with pytest.raises(KeyError, match='detection_masks'):
+    coco_eval.CocoEvaluator(path, iou_type='segm').update(dets, info, np.array([1]))
+
+
+def test_an_unknown_scoring_backend_is_refused_by_the_config_checks():
+  from configs import demo_maskrcnn
+
+  from spinenet_jax.training import settings
+  config = demo_maskrcnn.get_config()
+  config.eval.coco_backend = 'hotcocoo'
+  with pytest.raises(ValueError, match="config.eval.coco_backend='hotcocoo'"):
+    settings.finalize(config)
+
+
+def test_mask_rcnn_evaluation_batches_need_no_masks(tmp_path):
+  """As TFDS coco/2017 (no objects/mask): Mask R-CNN's eval parser reads no masks."""
+  import tiny_maskrcnn_config
+
+  from spinenet_jax.data import datasets
+  config = tiny_maskrcnn_config.get_config()
+  config.input.include_masks = False
+  split = datasets.load_split(config, 'eval', str(tmp_path))      # built without masks
+  config.input.include_masks = True
+  batch = next(datasets.eval_batches(config, split).as_numpy_iterator())
+  assert 'gt_masks' not in batch and batch['images'].shape[0] == config.eval.batch_size

@@ -217,7 +217,10 @@ def eval_batches(config, split: Split) -> tf.data.Dataset:
   per_process = _per_process(config.eval.batch_size, 'config.eval.batch_size')
   num_batches = input_pipeline.eval_num_batches(split.num_examples, per_process,
                                                 jax.process_count())
-  return input_pipeline.eval_dataset(split.dataset, per_process, parser_config(config),
+  # No masks at evaluation: mask AP reads the ground truth from the json (as official), and TFDS
+  # coco/2017 has none to read.
+  return input_pipeline.eval_dataset(split.dataset, per_process,
+                                     parser_config(config, include_masks=False),
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), num_batches=num_batches)
 

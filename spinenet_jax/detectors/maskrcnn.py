@@ -200,7 +200,8 @@ class MaskRCNNDetector(base.Detector):
     """Parameters and batch-norm statistics of the whole model, and GMACs per image at inference:
     'gmacs' = backbone and RPN ('backbone_rpn_gmacs') + the Fast R-CNN head on the test-time
     proposals (`test_proposals`, post_nms_top_k: 1000) + the mask head on the detections
-    (`test_detections`, max_total_size: 100), as MODEL_ZOO counts them (49 at 640: 215.7 G).
+    (`test_detections`, max_total_size: 100), as MODEL_ZOO counts them (49 at 640: 215.4 G here,
+    MODEL_ZOO 215.7).
     RoIAlign gathers, proposals and NMS are not multiply-adds and are not counted."""
     images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: self.init(jax.random.key(0), tuple(image_size)))

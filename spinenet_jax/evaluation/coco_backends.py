@@ -4,7 +4,7 @@
 COCO results format and returns the 12 numbers of pycocotools' `COCOeval.stats` and their summary
 text. The backends:
 - 'pycocotools': the reference (pure Python matching and accumulation, C masks and IoUs).
-- 'hotcoco': hotcoco, everything in Rust; 20-50x faster on 5,000 images x 100 detections
+- 'hotcoco': hotcoco, everything in Rust; 30-70x faster on 5,000 images x 100 detections
   (docs/benchmarks.md). tests/test_coco_backends.py checks that its 12 numbers equal pycocotools'
   bit for bit, for boxes and masks, crowd regions, score ties and area-range boundaries included.
 faster-coco-eval (1.8.0) is not offered: it is not exact. It computes precision as tp / (tp + fp)

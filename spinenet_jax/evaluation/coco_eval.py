@@ -27,8 +27,12 @@ most `max_num_instances`), where official drops none but also truncates.
 Mask evaluation ('segm') needs the dataset's json (the masks of the ground truth). Each detection's
 mask (`detection_masks` [B, M, mh, mw] probabilities in the frame of its box) is pasted into the
 original image as the official `paste_instance_masks` does (`mask_pasting`), every slot, and
-RLE-encoded; pycocotools takes each detection's area and box from its mask, as the official
-`COCOWrapper.loadRes` does for masks. Where a file is a uniform rescale of the json's size, boxes
+RLE-encoded; each detection's area is its mask's, as the official `COCOWrapper.loadRes` makes it
+for masks (the official box evaluation of a Mask R-CNN reads the same mask areas, where the 'bbox'
+evaluator here takes w h: only which size range ignores an unmatched detection can differ, i.e.
+APs/APm/APl and ARs/ARm/ARl). The boxes are divided by the image scale and expanded in float32, as
+official. Ground-truth annotations without a decodable segmentation cannot be scored as masks:
+they are left out of the mask ground truth, counted and logged by id. Where a file is a uniform rescale of the json's size, boxes
 and masks are mapped to the json's pixels, where its segmentations are.
 """
 
@@ -38,7 +42,7 @@ import logging
 import os
 
 import numpy as np
-from spinenet_jax.data import coco_json
+from spinenet_jax.data import coco_json, coco_masks
 from spinenet_jax.evaluation import coco_backends, mask_pasting
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,31 @@ def in_json_pixels(groundtruth: dict) -> dict:
   return dict(groundtruth, images=images, annotations=annotations)
 
 
+def with_decodable_masks(groundtruth: dict, name: str | None) -> dict:
+  """`groundtruth` without the annotations whose segmentation does not decode to a mask of its
+  image (missing, empty, malformed, an RLE of another size), each counted and logged by id: the
+  scoring libraries would fail on them after the whole inference, or score them as boxes."""
+  sizes = {i['id']: (i.get('height'), i.get('width')) for i in groundtruth['images']}
+  kept, dropped = [], []
+  for ann in groundtruth['annotations']:
+    height, width = sizes.get(ann['image_id'], (None, None))
+    if not height or not width:      # sized by its decoded image at evaluation: not checked here
+      kept.append(ann)
+      continue
+    try:
+      coco_masks.segmentation_mask(ann.get('segmentation'), int(height), int(width))
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+      dropped.append((ann.get('id'), str(e)))
+      continue
+    kept.append(ann)
+  if not dropped:
+    return groundtruth
+  log.warning('%s: %d annotations without a decodable segmentation are left out of the mask '
+              'ground truth (box metrics keep them): %s', name or 'ground truth', len(dropped),
+              '; '.join(f'id {i}: {why}' for i, why in dropped[:10]))
+  return dict(groundtruth, annotations=kept)
+
+
 class CocoEvaluator:
   """Accumulates detections batch by batch; `evaluate()` returns the 12 standard COCO metrics of
   boxes (`iou_type='bbox'`) or masks (`'segm'`)."""
@@ -107,7 +136,7 @@ class CocoEvaluator:
             'config.eval.annotation_file (for TFDS coco/2017, COCO\'s instances_val2017.json), '
             'or evaluate a COCO folder or the synthetic dataset, whose jsons have them.')
       self._scales = {i['id']: i.get('scale', (1.0, 1.0)) for i in groundtruth['images']}
-      groundtruth = in_json_pixels(groundtruth)
+      groundtruth = with_decodable_masks(in_json_pixels(groundtruth), self.annotation_file)
       self._images = {i['id']: i for i in groundtruth['images']}
     self.groundtruth = groundtruth
     self.drop_padded = drop_padded
@@ -141,8 +170,14 @@ class CocoEvaluator:
         continue
       self.image_ids.append(int(image_id))
       if self.iou_type == 'segm':
-        self._add_masks(int(image_id), boxes[i], scores[i], classes[i],
-                        np.asarray(detections['detection_masks'][i]))
+        if 'detection_masks' not in detections:
+          raise KeyError("Mask evaluation needs 'detection_masks' [B, M, mh, mw] in the "
+                         f"detections; got {sorted(detections)}.")
+        # Official: the boxes divided by the image scale in float32, then [x, y, w, h].
+        boxes32 = _xywh(np.asarray(detections['detection_boxes'][i], np.float32) /
+                        np.tile(image_info[i, 2], 2).astype(np.float32))
+        self._add_masks(int(image_id), boxes32, scores[i], classes[i],
+                        np.asarray(detections['detection_masks'][i]), image_info[i, 0])
         continue
       for box, score, cls in zip(boxes[i], scores[i], classes[i]):
         if self.drop_padded and score <= -1.0:
@@ -153,15 +188,21 @@ class CocoEvaluator:
         self._add_groundtruth(int(image_id), image_info[i], groundtruth, i, scale[i])
 
   def _add_masks(self, image_id: int, boxes: np.ndarray, scores: np.ndarray,
-                 classes: np.ndarray, masks: np.ndarray) -> None:
-    """One image's detections with their masks pasted and RLE-encoded, in the json's pixels."""
+                 classes: np.ndarray, masks: np.ndarray, original_size: np.ndarray) -> None:
+    """One image's detections with their masks pasted and RLE-encoded, in the json's pixels
+    (float32 [M, 4] [x, y, w, h] boxes in the file's pixels)."""
     image = self._images.get(image_id)
     if image is None:
       raise coco_json.DatasetError(f'Evaluated image id {image_id} is not in the ground truth '
                                    f'{self.annotation_file}.')
+    if not image.get('height') or not image.get('width'):
+      # A json without image sizes: the decoded image's, where official pastes (image_info[0]).
+      image['height'], image['width'] = (int(v) for v in original_size)
     sy, sx = self._scales[image_id]
     keep = np.ones(len(scores), bool) if not self.drop_padded else scores > -1.0
-    boxes = boxes[keep] / np.array([sx, sy, sx, sy])
+    boxes = boxes[keep]
+    if (sy, sx) != (1.0, 1.0):
+      boxes = boxes / np.array([sx, sy, sx, sy], np.float32)
     rles = mask_pasting.paste_and_encode(masks[keep], boxes, int(image['height']),
                                          int(image['width']))
     for box, score, cls, rle in zip(boxes, scores[keep], classes[keep], rles):
@@ -204,14 +245,17 @@ class CocoEvaluator:
     """The 12 COCO metrics of `iou_type` over the images seen since `reset()`."""
     groundtruth = self._groundtruth()
     image_ids = sorted(set(self.image_ids))
+    if not image_ids:
+      log.warning('No images were evaluated; all metrics are 0.')
+      return {name: 0.0 for name in METRIC_NAMES}
     unknown = sorted(set(image_ids) - {i['id'] for i in groundtruth['images']})
     if unknown:
       raise coco_json.DatasetError(f'{len(unknown)} evaluated image ids are not in the ground truth '
                        f'{self.annotation_file or "(from the batches)"}: {unknown[:10]}')
     if not self.detections:
       log.warning('No detections to evaluate.')
-    # Masks: each detection's area and box come from its mask (as the official COCOWrapper's
-    # loadRes) only when the detection has no 'bbox'.
+    # Masks: the scoring libraries take each detection's area from its mask (as the official
+    # COCOWrapper's loadRes) only when the detection has no 'bbox'.
     drop = ('bbox',) if self.iou_type == 'segm' else ()
     detections = [{k: v for k, v in d.items() if k not in drop} for d in self.detections]
     stats, summary = coco_backends.score(groundtruth, detections, self.iou_type, image_ids,

@@ -80,7 +80,10 @@ def _padded_and_boxes(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray,
   _, mask_height, mask_width = masks.shape
   scale = max((mask_width + 2.0) / mask_width, (mask_height + 2.0) / mask_height)
   padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
-  return padded, expand_boxes(np.asarray(boxes, np.float64), scale).astype(np.int32)
+  # In the boxes' own dtype (the official evaluator's are float32), then truncated to integers.
+  boxes = np.asarray(boxes)
+  boxes = boxes if boxes.dtype in (np.float32, np.float64) else boxes.astype(np.float64)
+  return padded, expand_boxes(boxes, scale).astype(np.int32)
 
 
 def paste_instance_masks(masks: np.ndarray, boxes: np.ndarray, image_height: int,
@@ -93,6 +96,14 @@ def paste_instance_masks(masks: np.ndarray, boxes: np.ndarray, image_height: int
     crop, top, left = _pasted(padded[i], ref_boxes[i], image_height, image_width)
     out[i, top:top + crop.shape[0], left:left + crop.shape[1]] = crop
   return out
+
+
+def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_height: int, image_width: int
+                ) -> list[tuple[np.ndarray, int, int]]:
+  """`paste_instance_masks` as (uint8 crop [h, w], top, left) per mask, the rest of the image 0:
+  what drawing needs, without a full-image array per mask."""
+  padded, ref_boxes = _padded_and_boxes(masks, boxes)
+  return [_pasted(padded[i], ref_boxes[i], image_height, image_width) for i in range(len(padded))]
 
 
 def paste_and_encode(masks: np.ndarray, boxes: np.ndarray, image_height: int,

@@ -182,11 +182,14 @@ def predict_folder(config, workdir: str, predict: Callable[[dict, dict], dict],
 
 
 def _image_detections(dets: dict, image_info: np.ndarray, size: tuple[int, int],
-                      draw_threshold: float) -> tuple[list[dict], tuple[list, np.ndarray | None]]:
+                      draw_threshold: float) -> tuple[list[dict], tuple[list, np.ndarray | None,
+                                                                    np.ndarray]]:
   """(COCO results of one image's detections without image_id, (the detections to draw as (box,
-  score, class), their pasted masks [K, H, W] or None)), in original (display) pixels."""
+  score, class), their [K, mh, mw] mask probabilities or None, their [K, 4] [x, y, w, h] boxes)),
+  in original (display) pixels."""
   # image_scale is scaled / original size per axis (>= 1 scaled pixel: a thin strip too).
-  boxes = np.asarray(dets['detection_boxes'], np.float64) / np.tile(image_info[2], 2)
+  boxes = np.asarray(dets['detection_boxes'], np.float32) / np.tile(
+      np.asarray(image_info[2], np.float32), 2)
   scores = np.asarray(dets['detection_scores'])
   valid = scores > -1.0
   boxes, scores, classes = boxes[valid], scores[valid], np.asarray(dets['detection_classes'])[valid]
@@ -197,12 +200,12 @@ def _image_detections(dets: dict, image_info: np.ndarray, size: tuple[int, int],
   drawn = scores >= draw_threshold
   masks = None
   if 'detection_masks' in dets:
-    mask_probs = np.asarray(dets['detection_masks'])[valid]
-    for r, rle in zip(results, mask_pasting.paste_and_encode(mask_probs, xywh, *size)):
+    masks = np.asarray(dets['detection_masks'])[valid]
+    for r, rle in zip(results, mask_pasting.paste_and_encode(masks, xywh, *size)):
       r['segmentation'] = rle
-    masks = mask_pasting.paste_instance_masks(mask_probs[drawn], xywh[drawn], *size)
+    masks = masks[drawn]
   return results, ([(b, float(s), int(c)) for b, s, c in zip(boxes[drawn], scores[drawn],
-                                                             classes[drawn])], masks)
+                                                             classes[drawn])], masks, xywh[drawn])
 
 
 def class_color(cls: int) -> tuple[int, int, int]:
@@ -211,14 +214,21 @@ def class_color(cls: int) -> tuple[int, int, int]:
 
 
 def draw_detections(pixels: np.ndarray, detections: list, masks: np.ndarray | None,
-                    names: dict[int, str], mask_opacity: float = 0.45) -> Image.Image:
+                    mask_boxes: np.ndarray | None, names: dict[int, str],
+                    mask_opacity: float = 0.45) -> Image.Image:
   """The image with each (box [ymin, xmin, ymax, xmax], score, class) drawn and labelled, and each
-  detection's mask ([K, H, W] {0, 1}, or None) filled translucently in its class's colour."""
-  image = np.asarray(Image.fromarray(pixels).convert('RGB'), np.float32)
-  for (_, _, cls), mask in zip(detections, masks if masks is not None else []):
-    on = mask.astype(bool)
-    image[on] = (1 - mask_opacity) * image[on] + mask_opacity * np.float32(class_color(cls))
-  image = Image.fromarray(np.round(image).astype(np.uint8))
+  detection's mask ([K, mh, mw] probabilities in its [K, 4] [x, y, w, h] `mask_boxes`, or None)
+  pasted as the evaluation pastes it and filled translucently in its class's colour. Only each
+  mask's pasted crop is held, never a full-image array per mask."""
+  image = np.array(Image.fromarray(pixels).convert('RGB'))
+  if masks is not None and len(masks):
+    crops = mask_pasting.paste_crops(masks, mask_boxes, *image.shape[:2])
+    for (_, _, cls), (crop, top, left) in zip(detections, crops):
+      region = image[top:top + crop.shape[0], left:left + crop.shape[1]]
+      on = crop.astype(bool)
+      region[on] = np.round((1 - mask_opacity) * region[on].astype(np.float32) +
+                            mask_opacity * np.float32(class_color(cls))).astype(np.uint8)
+  image = Image.fromarray(image)
   draw = ImageDraw.Draw(image)
   for box, score, cls in detections:
     y0, x0, y1, x1 = (float(v) for v in box)

@@ -40,7 +40,7 @@ def evaluate(predict: Callable, variables: dict, mesh: Mesh, config, split: data
   Returns {'eval/<key>': value} on process 0 and {} elsewhere.
   """
   groundtruth = split.groundtruth if split.groundtruth is not None else split.annotation_file
-  backend = config.eval.get('coco_backend', 'pycocotools')
+  backend = config.eval.get('coco_backend', 'hotcoco')
   evaluators = {t: evaluator_lib.build(t, groundtruth,
                                        drop_padded=config.eval.drop_padded_detections,
                                        backend=backend)

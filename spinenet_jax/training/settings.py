@@ -14,6 +14,8 @@ import logging
 import jax
 import ml_collections
 
+from spinenet_jax.evaluation import coco_backends
+
 log = logging.getLogger(__name__)
 
 
@@ -119,4 +121,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in ('log_every_steps', 'checkpoint_every_steps'):
     if t[key] <= 0:
       raise ValueError(f'config.train.{key} must be positive, got {t[key]}.')
+  backend = config.eval.get('coco_backend', 'hotcoco')
+  try:    # now, not at the first evaluation after hours of training
+    coco_backends.check_backend(backend)
+  except ValueError as e:
+    raise ValueError(f'config.eval.coco_backend={backend!r}: {e}') from None
   return config
