@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -20,6 +22,24 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
     p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
 
 DATA = os.path.join(ROOT, 'tests', 'data')
+
+
+def rel_l2(a, b) -> float:
+  """||a - b|| / ||b||, in float64."""
+  import numpy as np
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope='module')
+def fast_compiles():
+  """XLA's optimization passes off for a module: compiling is most of the time of one-shot JAX
+  runs (and of eager ops), and the computation is the same without them."""
+  import jax
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
 
 
 def random_variables(model, input_shape, seed=0):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DATA, name_shapes
+from conftest import DATA, name_shapes, rel_l2
 from spinenet_jax.interop import convert
 from spinenet_jax.interop import tf_checkpoint
 from spinenet_jax.interop.tf2_names import spinenet_tf2_names
@@ -23,11 +23,6 @@ from spinenet_jax.modeling.spinenet import SpineNet, SpineNetConfig
 
 GARDEN = os.path.join(DATA, 'model_garden')
 GOLDENS = sorted(d[len('golden_'):] for d in os.listdir(GARDEN) if d.startswith('golden_'))
-
-
-def rel_l2(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize('model_id', ['49S', '49', '96', '143', '190'])

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, rel_l2
 
 from spinenet_jax import model_io
 from spinenet_jax.interop import convert, tf_checkpoint
@@ -32,19 +32,7 @@ import pytorch_spinenet
 GARDEN = os.path.join(DATA, 'model_garden')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  # Compiling is most of the time of these one-shot JAX runs, and XLA's optimization passes most of
-  # the compile time; the computation is the same without them.
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
-def rel_l2(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
+pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 
 def assert_close(actual, expected, tol, errors=None):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, rel_l2
 
 from spinenet_jax import model_io
 from spinenet_jax.modeling import factory, layers
@@ -35,23 +35,12 @@ import pytorch_maskrcnn
 import pytorch_spinenet
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  # Compiling is most of the time of these one-shot JAX runs; the computation is the same.
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 
 def worst(errors, tol):
   """The errors above `tol`, for assertion messages."""
   return {k: f'{v:.1e}' for k, v in errors.items() if v > tol}
-
-
-def rel_l2(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def _config_file(name):

@@ -16,15 +16,6 @@ def readme_python_blocks():
     return re.findall(r'^```python\n(.*?)^```$', f.read(), flags=re.DOTALL | re.MULTILINE)
 
 
-@pytest.fixture(scope='module')
-def fast_compiles():
-  # The snippets run eagerly (op by op); XLA's optimization passes are most of each op's compile.
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
 def test_readme_python_snippets_run(fast_compiles):
   blocks = readme_python_blocks()
   assert len(blocks) >= 2

@@ -53,8 +53,9 @@ DUMMY_SOURCE_ID = -1
 IOU_TYPES = ('bbox', 'segm')
 
 
-def _xywh(boxes: np.ndarray) -> np.ndarray:
-  """[..., 4] [ymin, xmin, ymax, xmax] -> [x, y, w, h] (w = xmax - xmin, no +1)."""
+def yxyx_to_xywh(boxes: np.ndarray) -> np.ndarray:
+  """[..., 4] [ymin, xmin, ymax, xmax] -> [x, y, w, h] (w = xmax - xmin, no +1), in the boxes'
+  dtype (official `yxyx_to_xywh`)."""
   return np.stack([boxes[..., 1], boxes[..., 0], boxes[..., 3] - boxes[..., 1],
                    boxes[..., 2] - boxes[..., 0]], axis=-1)
 
@@ -162,7 +163,7 @@ class CocoEvaluator:
     image_info = np.asarray(image_info, np.float64)
     source_id = np.asarray(source_id).reshape(-1)
     scale = np.tile(image_info[:, 2, :], 2)[:, None, :]                  # [B, 1, 4]
-    boxes = _xywh(np.asarray(detections['detection_boxes'], np.float64) / scale)
+    boxes = yxyx_to_xywh(np.asarray(detections['detection_boxes'], np.float64) / scale)
     scores = np.asarray(detections['detection_scores'], np.float64)
     classes = np.asarray(detections['detection_classes'])
     for i, image_id in enumerate(source_id.tolist()):
@@ -174,7 +175,7 @@ class CocoEvaluator:
           raise KeyError("Mask evaluation needs 'detection_masks' [B, M, mh, mw] in the "
                          f"detections; got {sorted(detections)}.")
         # Official: the boxes divided by the image scale in float32, then [x, y, w, h].
-        boxes32 = _xywh(np.asarray(detections['detection_boxes'][i], np.float32) /
+        boxes32 = yxyx_to_xywh(np.asarray(detections['detection_boxes'][i], np.float32) /
                         np.tile(image_info[i, 2], 2).astype(np.float32))
         self._add_masks(int(image_id), boxes32, scores[i], classes[i],
                         np.asarray(detections['detection_masks'][i]), image_info[i, 0])
@@ -215,9 +216,9 @@ class CocoEvaluator:
     height, width = info[0]
     self._gt_images.append({'id': image_id, 'height': float(height), 'width': float(width)})
     if 'gt_original_boxes' in gt:
-      boxes = _xywh(np.asarray(gt['gt_original_boxes'][i], np.float64))
+      boxes = yxyx_to_xywh(np.asarray(gt['gt_original_boxes'][i], np.float64))
     else:
-      boxes = _xywh(np.asarray(gt['gt_boxes'][i], np.float64) / scale)
+      boxes = yxyx_to_xywh(np.asarray(gt['gt_boxes'][i], np.float64) / scale)
     classes = np.asarray(gt['gt_classes'][i])
     crowd = np.asarray(gt['gt_is_crowd'][i]) if 'gt_is_crowd' in gt else np.zeros_like(classes)
     box_areas = boxes[:, 2] * boxes[:, 3]

@@ -86,24 +86,22 @@ def _padded_and_boxes(masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray,
   return padded, expand_boxes(boxes, scale).astype(np.int32)
 
 
+def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_height: int, image_width: int
+                ) -> list[tuple[np.ndarray, int, int]]:
+  """The pasted masks as (uint8 {0, 1} crop [h, w], top, left) each, the rest of the image 0: the
+  official paste without a full-image array per mask (drawing and RLEs need no more)."""
+  padded, ref_boxes = _padded_and_boxes(masks, boxes)
+  return [_pasted(padded[i], ref_boxes[i], image_height, image_width) for i in range(len(padded))]
+
+
 def paste_instance_masks(masks: np.ndarray, boxes: np.ndarray, image_height: int,
                          image_width: int) -> np.ndarray:
   """uint8 {0, 1} [N, image_height, image_width] of [N, mh, mw] mask probabilities in the frames
   of [N, 4] boxes [x, y, w, h] (original-image pixels, COCO format)."""
-  padded, ref_boxes = _padded_and_boxes(masks, boxes)
-  out = np.zeros((len(padded), image_height, image_width), np.uint8)
-  for i in range(len(padded)):
-    crop, top, left = _pasted(padded[i], ref_boxes[i], image_height, image_width)
+  out = np.zeros((len(masks), image_height, image_width), np.uint8)
+  for i, (crop, top, left) in enumerate(paste_crops(masks, boxes, image_height, image_width)):
     out[i, top:top + crop.shape[0], left:left + crop.shape[1]] = crop
   return out
-
-
-def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_height: int, image_width: int
-                ) -> list[tuple[np.ndarray, int, int]]:
-  """`paste_instance_masks` as (uint8 crop [h, w], top, left) per mask, the rest of the image 0:
-  what drawing needs, without a full-image array per mask."""
-  padded, ref_boxes = _padded_and_boxes(masks, boxes)
-  return [_pasted(padded[i], ref_boxes[i], image_height, image_width) for i in range(len(padded))]
 
 
 def paste_and_encode(masks: np.ndarray, boxes: np.ndarray, image_height: int,
@@ -111,6 +109,5 @@ def paste_and_encode(masks: np.ndarray, boxes: np.ndarray, image_height: int,
   """The COCO compressed RLEs ({'size': [H, W], 'counts': str}) of `paste_instance_masks`, one per
   mask, built from each pasted crop without materializing the full image mask (the same RLE as
   `pycocotools.mask.encode` of it)."""
-  padded, ref_boxes = _padded_and_boxes(masks, boxes)
-  return [coco_masks.encode_placed(*_pasted(padded[i], ref_boxes[i], image_height, image_width),
-                                   image_height, image_width) for i in range(len(padded))]
+  return [coco_masks.encode_placed(crop, top, left, image_height, image_width)
+          for crop, top, left in paste_crops(masks, boxes, image_height, image_width)]

@@ -29,7 +29,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageOps
 
 from spinenet_jax.data import datasets, preprocess
-from spinenet_jax.evaluation import mask_pasting
+from spinenet_jax.evaluation import coco_eval, mask_pasting
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -193,8 +193,7 @@ def _image_detections(dets: dict, image_info: np.ndarray, size: tuple[int, int],
   scores = np.asarray(dets['detection_scores'])
   valid = scores > -1.0
   boxes, scores, classes = boxes[valid], scores[valid], np.asarray(dets['detection_classes'])[valid]
-  xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
-                   boxes[:, 2] - boxes[:, 0]], axis=1)
+  xywh = coco_eval.yxyx_to_xywh(boxes)
   results = [{'category_id': int(c), 'bbox': [float(v) for v in b], 'score': float(s)}
              for b, s, c in zip(xywh, scores, classes)]
   drawn = scores >= draw_threshold
